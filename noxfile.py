@@ -1,0 +1,45 @@
+"""Sessions: a table of contents. Logic lives in the importable packages wheels/, image/ and models/.
+
+    nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
+    nox -s tests             the test suite (unit + integration; what CI runs)
+
+Heavy sessions are `default=False`; a bare `nox` runs only the tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.needs_version = ">=2024.10.9"
+nox.options.default_venv_backend = "uv"
+nox.options.reuse_venv = "yes"
+nox.options.error_on_missing_interpreters = True
+
+ROOT = Path(__file__).parent
+CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
+# What the pipeline itself imports (the build tools live in the environments it creates).
+PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
+
+
+def _install(session: nox.Session, *packages: str) -> None:
+    session.install(*CONSTRAINTS, *packages)
+
+
+def _wheels(session: nox.Session, command: str, *extra: str) -> None:
+    _install(session, *PIPELINE, *extra)
+    session.run("python", "-m", "wheels", command, *session.posargs)
+
+
+@nox.session(default=False)
+def wheels(session: nox.Session) -> None:
+    """Build wheels: `-- [TARGET|GLOB ...] [--list] [--force] [--cuda-archs 9.0] [--backend container]`."""
+    _wheels(session, "build")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
+    _install(session, *PIPELINE, "pytest", "pytest-timeout")
+    session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))

@@ -1,0 +1,12 @@
+"""The recipe registry: one module per package, behind the interface in base.py."""
+
+from __future__ import annotations
+
+from .base import Recipe
+from .canary import CANARY
+from .flash_attn import FLASH_ATTN
+from .mmcv import MMCV
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (CANARY, MMCV, FLASH_ATTN)}
+
+__all__ = ["RECIPES", "Recipe"]
