@@ -12,6 +12,8 @@ from .errors import PipelineError, unknown
 # command -> "module:function"; each function takes argv and returns an exit status. Imported only when used.
 COMMANDS: dict[str, str] = {
     "build": "wheels.build:cli",
+    "publish": "wheels.publish.cli:publish_cli",
+    "index": "wheels.publish.cli:index_cli",
 }
 
 
