@@ -1,6 +1,8 @@
 """Sessions: a table of contents. Logic lives in the importable packages wheels/, image/ and models/.
 
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
+    nox -s lock              resolve the image's Python environment into image/requirements*.lock, with hashes
+    nox -s image             build the RunPod image from prebuilt wheels, smoke-test it, record size and time
     nox -s tests             the test suite (unit + integration; what CI runs)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
@@ -21,6 +23,8 @@ ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
 PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
+# What the image sessions add: the embedded index and publishing into it (wheels.publish), pip for its proof.
+IMAGE = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -38,8 +42,24 @@ def wheels(session: nox.Session) -> None:
     _wheels(session, "build")
 
 
+@nox.session(default=False)
+def lock(session: nox.Session) -> None:
+    """Resolve the image's lock: `-- [--profile full|core] [--torch cu121|cu124] [--index-url URL] [--without PKG]
+    [--check]`. Binary wheels only, with hashes; pure-Python sdists are built into wheels first."""
+    _install(session, *PIPELINE, *IMAGE)
+    session.run("python", "-m", "image", "lock", *session.posargs)
+
+
+@nox.session(default=False)
+def image(session: nox.Session) -> None:
+    """Build and smoke-test the image: `-- [--profile full|core] [--torch cu121|cu124] [--base-image IMG] [--tag TAG]
+    [--index-url URL | --wheel-source wheelhouse] [--wheelhouse DIR] [--push]`."""
+    _install(session, *PIPELINE, *IMAGE)
+    session.run("python", "-m", "image", "build", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *IMAGE, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
