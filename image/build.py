@@ -154,7 +154,7 @@ def wheel_source(
         return
 
     with log.step(f"Mirroring the third-party wheels of the lock into {c.mirror}"):
-        mirror(third, upstream, c.mirror, tags, hashes, present=[c.wheelhouse])
+        mirror(third, upstream, c.mirror, tags, hashes, present=[c.wheelhouse, opts.index_dir / "packages"])
 
     if opts.wheel_source == "wheelhouse":
         with log.step("Preflight: the wheelhouse and the mirror against the lock"):
