@@ -125,7 +125,7 @@ class Pipeline:
             inputs = key_inputs(
                 target,
                 source_hash=sources.source_hash(target),
-                toolchain={"nvcc": plan.nvcc_version, "host_cxx": self.toolchains.host_cxx},
+                toolchain=plan.identity(self.toolchains.host_cxx),
                 torch=torch_identity,
                 python=python,
                 backend=self.opts.backend,
@@ -363,7 +363,7 @@ class Pipeline:
                 "TORCH_CUDA_ARCH_LIST": target.arch_list,
                 "FORCE_CUDA": "1",
                 **plan.env(),
-                **ctx.recipe.build_env(target, plan),
+                **ctx.recipe.build_env(target, plan, label),
             }
         )
         ccache = env.bin / "ccache"
