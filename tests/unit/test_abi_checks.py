@@ -302,6 +302,8 @@ def test_integrity_label_of_another_torch(tmp_path: Path) -> None:
     result = checks.check_integrity(wheel, EXPECT, torch26)
     assert not result.passed
     assert "built for torch 2.5, checked against torch 2.6.0+cu124" in result.problems[0]
+    assert result.cause == "built for another torch than the one it is checked against"
+    assert result.fix is not None and "--torch BUILD" in result.fix
 
 
 def test_integrity_missing_module_and_record_tampering(tmp_path: Path) -> None:

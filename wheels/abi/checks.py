@@ -46,12 +46,30 @@ class TorchFacts:
 # 1. Integrity: the archive itself, before anything is installed
 
 
+_REBUILD = "rebuild the wheel with `nox -s wheels` (never rename or edit a wheel by hand)"
+_INTEGRITY_CAUSES = {
+    "metadata": (
+        "the wheel's metadata and its file name were written separately (a renamed or hand-edited wheel)",
+        _REBUILD,
+    ),
+    "target": ("this is not the wheel the target builds", "check the wheel against its own target, or rebuild it"),
+    "record": ("the archive changed after it was built (edited, or corrupted in transfer)", _REBUILD),
+    "label": (
+        "built for another torch than the one it is checked against",
+        "check it against the torch build it was made for (--torch BUILD), or rebuild it for this torch with "
+        "`nox -s wheels`",
+    ),
+    "python": ("built for another Python", "check it with the Python it was built for (--python X.Y), or rebuild it"),
+    "module": ("built without its extension module (no compiler or no CUDA at build time)", _REBUILD),
+}
+
+
 def check_integrity(wheel: Path, expect: Expectation, torch: dict[str, Any] | None) -> CheckResult:
     """RECORD hashes, METADATA name and version vs the file name, the label vs the torch, tags vs the Python."""
     from ..envs import TorchInfo
     from ..label import local_label, parse_label
 
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []  # (kind, message)
     name, file_version, _, tags = parse_wheel_filename(wheel.name)
     meta = read_metadata(wheel)
     meta_name = meta["Name"] or ""
@@ -59,20 +77,21 @@ def check_integrity(wheel: Path, expect: Expectation, torch: dict[str, Any] | No
         meta_version: Version | None = Version(meta["Version"] or "")
     except InvalidVersion:
         meta_version = None
-        problems.append(f"METADATA Version {meta['Version']!r} is not a valid version")
+        problems.append(("metadata", f"METADATA Version {meta['Version']!r} is not a valid version"))
     if canonicalize_name(meta_name) != name:
-        problems.append(f"METADATA Name {meta_name!r} disagrees with the file name's {name!r}")
+        problems.append(("metadata", f"METADATA Name {meta_name!r} disagrees with the file name's {name!r}"))
     if meta_version is not None and meta_version != file_version:
-        problems.append(f"METADATA Version {meta_version} disagrees with the file name's version {file_version}")
+        problems.append(
+            ("metadata", f"METADATA Version {meta_version} disagrees with the file name's version {file_version}")
+        )
     if canonicalize_name(expect.package) != name:
-        problems.append(f"the wheel is {name}, the target builds {expect.package}")
+        problems.append(("target", f"the wheel is {name}, the target builds {expect.package}"))
     if file_version.public != str(Version(expect.version)):
-        problems.append(f"the wheel's version {file_version.public} is not the target's {expect.version}")
-    problems += record_problems(wheel)
+        problems.append(("target", f"the wheel's version {file_version.public} is not the target's {expect.version}"))
+    problems += [("record", p) for p in record_problems(wheel)]
     label = file_version.local
-    cause = None
     if label is None:
-        problems.append("the wheel has no local version label (+cuXXXtorchX.Y): its torch build is unknowable")
+        problems.append(("label", "the wheel has no local version label (+cuXXXtorchX.Y): its torch is unknowable"))
     elif torch is not None:
         info = TorchInfo(torch["version"], torch["cuda"], torch["cxx11_abi"], Path("."), "", "")
         want = local_label(info, expect.flavour, expect.default_flavour)
@@ -82,38 +101,36 @@ def check_integrity(wheel: Path, expect: Expectation, torch: dict[str, Any] | No
                 why = []
                 if got["torch"] != info.major_minor:
                     why.append(f"built for torch {got['torch']}, checked against torch {info.version}")
-                    cause = "built for another torch than the one it is checked against"
                 if got["cuda"] != info.cuda:
                     why.append(f"built for CUDA {got['cuda']}, this torch is CUDA {info.cuda}")
-                    cause = cause or "built for another CUDA build of torch"
                 if got["cxx11_abi"] != info.cxx11_abi:
                     why.append("C++11 ABI differs")
-                    cause = cause or "built for a torch with the other C++11 ABI"
                 if got["flavour"] != (expect.flavour if expect.flavour != expect.default_flavour else None):
                     why.append(f"flavour {got['flavour']} is not the target's {expect.flavour}")
             except ValueError:
                 why = ["the label is not in this pipeline's form"]
-            problems.append(f"label {label} does not match the torch it is checked against ({want}): " + "; ".join(why))
+            problems.append(
+                ("label", f"label {label} does not match the torch it is checked against ({want}): " + "; ".join(why))
+            )
     py = expect.python
     want_tag = "cp" + py.replace(".", "") if py != "system" else (torch or {}).get("python_tag")
     if want_tag and not any(t.interpreter == want_tag for t in tags):
-        problems.append(f"tags {sorted(str(t) for t in tags)} do not fit Python {py} ({want_tag})")
+        problems.append(("python", f"tags {sorted(str(t) for t in tags)} do not fit Python {py} ({want_tag})"))
     with zipfile.ZipFile(wheel) as zf:
         members = zf.namelist()
     for module in expect.extension_modules:
         if not _module_member(module, members):
-            problems.append(f"the wheel has no file for extension module {module}")
-    if any("METADATA" in p for p in problems):
-        cause = (
-            cause or "the wheel's metadata and its file name were written separately (a renamed or hand-edited wheel)"
-        )
+            problems.append(("module", f"the wheel has no file for extension module {module}"))
+    if not problems:
+        return CheckResult(name="integrity", passed=True, summary="RECORD, name, version, label and tags agree")
+    cause, fix = _INTEGRITY_CAUSES[problems[0][0]]
     return CheckResult(
         name="integrity",
-        passed=not problems,
-        summary="RECORD, name, version, label and tags agree" if not problems else f"{len(problems)} problem(s)",
-        problems=problems,
-        cause=cause if problems else None,
-        fix="rebuild the wheel with `nox -s wheels` (never rename or edit a wheel by hand)" if problems else None,
+        passed=False,
+        summary=f"{len(problems)} problem(s)",
+        problems=[message for _, message in problems],
+        cause=cause,
+        fix=fix,
     )
 
 
