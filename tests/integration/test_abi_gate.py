@@ -147,6 +147,7 @@ def failed(checks: dict[str, dict[str, Any]]) -> set[str]:
 def test_canary_passes_and_its_record_is_updated(canary: Path) -> None:
     manifest = canary / "manifest.json"
     before = json.loads(manifest.read_text())["records"][CANARY_TARGET]
+    assert before["gate"]["platform_tag"] == "manylinux_2_34_x86_64"  # the build's own gate recorded it
     result = run_wheels("abi", "--wheelhouse", canary)
     assert result.returncode == 0, result.stderr[-6000:]
     assert "PASS" in result.stderr
@@ -247,7 +248,8 @@ def test_checked_against_another_torch(probes: dict[str, Path], next_torch_matri
     # torch 2.6 changed c10::ReplaceAll to take std::string_view: the 2.5 signature is gone.
     assert "c10::ReplaceAll(std::string&, c10::basic_string_view<char>, c10::basic_string_view<char>)" in problem
     assert "built against another torch: torch 2.6.0+cu124 does not define it" in problem
-    report = json.loads((probes["good"].parent / "reports" / f"{probes['good'].name}.abi.json").read_text())
+    reports = probes["good"].parent / "reports"
+    report = json.loads((reports / f"{probes['good'].name}.abi.cu124-torch26.json").read_text())
     assert report["torch"]["version"] == "2.6.0+cu124"
 
 

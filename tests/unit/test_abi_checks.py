@@ -115,6 +115,11 @@ def test_check_symbols_names_each_symbol_demangled_with_its_cause() -> None:
     assert result.cause and result.fix
 
 
+def test_check_symbols_without_any_module_fails() -> None:
+    result = checks.check_symbols([], TORCH)
+    assert not result.passed and "no extension module" in result.summary
+
+
 def test_check_symbols_reports_missing_libraries_but_not_the_driver() -> None:
     file = wheel_file(undefined=(sym("f"),))
     missing = [Missing("libfoo.so.2", file.path, ()), Missing("libcuda.so.1", file.path, ())]

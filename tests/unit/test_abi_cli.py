@@ -140,6 +140,9 @@ def test_an_override_never_touches_the_record(tmp_path: Path) -> None:
     assert job.report_path == house_dir / "reports" / f"{CANARY}.abi.cu121.json"
     [named] = cli.plan_jobs(opts(tmp_path, wheel), house)  # named on the command line, no override: its record
     assert named.record is not None
+    [archs] = cli.plan_jobs(opts(tmp_path, "--cuda-archs", "8.0"), house)
+    assert archs.record is None
+    assert archs.report_path == house_dir / "reports" / f"{CANARY}.abi.override.json"
 
 
 def test_a_wheel_outside_the_wheelhouse_gets_its_report_beside_it(tmp_path: Path) -> None:

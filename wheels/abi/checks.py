@@ -217,6 +217,14 @@ def _cause_text(key: str, torch: TorchFacts, ext_abi_flag: int | None = None) ->
 
 
 def check_symbols(linkages: Sequence[Linkage], torch: TorchFacts) -> CheckResult:
+    if not linkages:
+        return CheckResult(
+            name="symbols",
+            passed=False,
+            summary="the wheel holds no extension module (no shared object defines PyInit_<name>)",
+            cause="built without its extension (no compiler or no CUDA at build time)",
+            fix="rebuild it with `nox -s wheels`",
+        )
     problems: list[str] = []
     causes: collections.Counter[str] = collections.Counter()
     details: dict[str, Any] = {}

@@ -311,14 +311,14 @@ def plan_jobs(opts: AbiOptions, wheelhouse: Wheelhouse) -> list[Job]:
 
 
 def _report_path(wheel: Path, wheelhouse: Wheelhouse, opts: AbiOptions, own: bool) -> Path:
+    """A record's own report, or ``<wheel>.abi[.<torch build>].json`` in --report-dir (default: beside the wheel)."""
+    own_report = wheelhouse.reports / f"{wheel.name}.abi.json"
     if own:
-        return wheelhouse.reports / f"{wheel.name}.abi.json"
+        return own_report
     folder = opts.report_dir or wheel.parent / REPORTS
-    path = folder / f"{wheel.name}.abi.json"
-    if path.resolve() == (wheelhouse.reports / f"{wheel.name}.abi.json").resolve():
-        # A recorded wheel checked against something else: never overwrite its own report.
-        torch = opts.torch or "override"
-        path = folder / f"{wheel.name}.abi.{torch}.json"
+    path = folder / f"{wheel.name}.abi{'.' + opts.torch if opts.torch else ''}.json"
+    if path.resolve() == own_report.resolve():
+        path = folder / f"{wheel.name}.abi.override.json"  # never over a record's own report
     return path
 
 

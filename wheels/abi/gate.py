@@ -234,6 +234,15 @@ def _checks(
     torch = TorchFacts(tf["version"], tf["cuda"], tf["cxx11_abi"])
     torch_record = {"version": torch.version, "cuda": torch.cuda, "cxx11_abi": torch.cxx11_abi}
     checks = [check_integrity(wheel, expect, {**torch_record, "python_tag": facts["python_tag"]}), installed]
+    if installed.passed and "files_error" in facts:
+        installed = CheckResult(
+            name="install",
+            passed=False,
+            summary="installed, but the environment does not list it",
+            problems=[facts["files_error"]],
+            cause="the distribution name in METADATA differs from the file name's",
+        )
+        checks[1] = installed
     if not installed.passed:
         probe.import_modules([])
         return checks, None, torch_record
@@ -247,7 +256,8 @@ def _checks(
         portability,
     ]
     clock.lap("analysis")
-    modules = expect.extension_modules or tuple(f.module for f in files if f.module)
+    # The recipe's modules first (they prove the package loads), then any other module the wheel holds.
+    modules = tuple(dict.fromkeys([*expect.extension_modules, *(f.module for f in files if f.module)]))
     checks.append(check_import(probe, modules))
     clock.lap("import")
     return checks, platform_tag, torch_record
