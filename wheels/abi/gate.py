@@ -46,6 +46,9 @@ __all__ = ["CheckResult", "Expectation", "GateReport", "check_import", "check_in
 _PROBE = r"""
 import importlib, importlib.metadata as md, json, os, platform, shutil, subprocess, sys
 dist, facts_path, imports_path = sys.argv[1:4]
+# stdout is the handshake channel alone: whatever torch or an extension prints goes to stderr (a file).
+handshake = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
 out = {"executable": os.path.realpath(sys.executable), "python": "%d.%d" % sys.version_info[:2],
        "python_tag": "cp%d%d" % sys.version_info[:2], "machine": platform.machine(),
        "ld_library_path": os.environ.get("LD_LIBRARY_PATH", "")}
@@ -73,7 +76,7 @@ else:
                     "global_deps": deps if os.path.exists(deps) else None}
 with open(facts_path, "w") as f:
     json.dump(out, f)
-print("ready", flush=True)
+print("ready", file=handshake, flush=True)
 request = sys.stdin.readline()
 if not request.strip() or "torch" not in out:
     sys.exit(0)
