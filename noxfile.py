@@ -8,6 +8,7 @@ Heavy sessions are `default=False`; a bare `nox` runs only the tests.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -20,7 +21,7 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
-PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
+PIPELINE = ("packaging", "psutil", "pyelftools")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -43,3 +44,9 @@ def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
     _install(session, *PIPELINE, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(default=bool(shutil.which("nvidia-smi")))
+def gpu_test(session: nox.Session) -> None:
+    """Prove gated wheels on a GPU: `-- [TARGET ...] [--system-torch] [--image TAG] [--allow-no-gpu]`."""
+    _wheels(session, "gpu-test")
