@@ -40,8 +40,10 @@ SUITES: dict[str, dict[str, Any]] = {
     "flash-attn": {"module": "test_flash_attn_gpu.py", "with_deps": ["einops"], "no_deps": []},
     "mmcv": {
         "module": "test_mmcv_gpu.py",
-        "with_deps": ["mmengine", "opencv-python-headless", "scipy", "shapely", "pycocotools", "terminaltables",
-                      "json-tricks", "munkres", "xtcocotools", "matplotlib"],
+        # mmengine and its own dependencies are named: with --system-torch everything goes in without dependencies.
+        "with_deps": ["mmengine", "addict", "yapf", "platformdirs", "termcolor", "rich", "pyyaml", "numpy",
+                      "opencv-python-headless", "scipy", "shapely", "pycocotools", "terminaltables", "json-tricks",
+                      "munkres", "xtcocotools", "matplotlib"],
         "no_deps": ["mmdet", "mmpose"],
     },
 }
