@@ -178,7 +178,7 @@ def classify(exc: BaseException, entry: ModelFile, endpoint: str) -> Failure:
     if isinstance(exc, hf_errors.RemoteEntryNotFoundError) or status == 404:
         return Failure(False, NotFoundError(
             f"{where} does not exist (HTTP 404)",
-            why="the file is not in that repository at that revision",
+            why="the file is not in that repository at that revision" if entry.on_hub else "the server has no such file",
             fix=f"the manifest entry [files.{entry.name}] is wrong: fix its path (or url) or revision",
         ))
     if status is not None and (status >= 500 or status in (408, 429)):

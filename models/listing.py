@@ -43,8 +43,8 @@ def _presence(entry: ModelFile, dest: Path | None) -> dict[str, Any]:
     ok, reason = state.check(target, entry)
     if ok:
         record = state.read(target)
-        return {"state": "verified", "sha256": record.sha256 if record else None,
-                "commit": record.commit if record else None}
+        return {"state": "verified", "verified_sha256": record.sha256 if record else None,
+                "verified_commit": record.commit if record else None}
     if reason != "missing":
         return {"state": "present, unverified", "reason": reason}
     partials = sorted((dest / ".models" / "partial").glob(f"{entry.filename}.*.part"))

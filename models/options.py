@@ -130,12 +130,12 @@ def _split(values: Sequence[str]) -> tuple[str, ...]:
 
 
 def resolve_token(
-    env: Mapping[str, str], stored_token: Callable[[], str | None]
+    env: Mapping[str, str], stored_token: Callable[[], str | None], default_file: Path = DEFAULT_TOKEN_FILE
 ) -> tuple[str | None, str | None]:
     """The token and where it came from: HF_TOKEN, then a secret file, then the user's stored login."""
     if env.get("HF_TOKEN", "").strip():
         return env["HF_TOKEN"].strip(), "HF_TOKEN"
-    token_file = Path(env["MODELS_TOKEN_FILE"]) if env.get("MODELS_TOKEN_FILE") else DEFAULT_TOKEN_FILE
+    token_file = Path(env["MODELS_TOKEN_FILE"]) if env.get("MODELS_TOKEN_FILE") else default_file
     if env.get("MODELS_TOKEN_FILE") and not token_file.is_file():
         raise ConfigError(f"MODELS_TOKEN_FILE points at {token_file}, which is not a file")
     if token_file.is_file():
@@ -162,6 +162,7 @@ def resolve(
     env: Mapping[str, str],
     cwd: Path | None = None,
     stored_token: Callable[[], str | None] = _stored_token,
+    default_token_file: Path = DEFAULT_TOKEN_FILE,
 ) -> Options:
     """The one place where manifest, environment and arguments meet."""
     check_env(env)
@@ -194,7 +195,7 @@ def resolve(
     endpoint = (args.endpoint or env.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
     if not endpoint.startswith(("https://", "http://")):
         raise ConfigError(f'Endpoint "{endpoint}" must be an http(s) URL', fix="set HF_ENDPOINT=https://host")
-    token, token_source = resolve_token(env, stored_token)
+    token, token_source = resolve_token(env, stored_token, default_token_file)
 
     return Options(
         manifest=manifest,

@@ -162,7 +162,7 @@ class HubStub:
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, name=f"hubstub-{name}", daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"hubstub-{name}", daemon=True).start()
         self._servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
