@@ -68,13 +68,13 @@ def _headers(token: str | None) -> dict[str, str]:
     return build_hf_headers(token=token or False, library_name="steadydancer-models", library_version=__version__)
 
 
-def resolve(entry: ModelFile, endpoint: str, token: str | None) -> Remote:
+def resolve(entry: ModelFile, endpoint: str, token: str | None, timeout: float = METADATA_TIMEOUT_S) -> Remote:
     """HEAD the file: its size, commit, hub hash and download location. Raises huggingface_hub/httpx2 errors."""
     if entry.on_hub:
         assert entry.repo is not None and entry.path is not None
         url = hf_hub_url(entry.repo, entry.path, revision=entry.revision, endpoint=endpoint)
         meta = get_hf_file_metadata(
-            url, token=token or False, endpoint=endpoint, timeout=METADATA_TIMEOUT_S, retry_on_errors=False,
+            url, token=token or False, endpoint=endpoint, timeout=timeout, retry_on_errors=False,
             library_name="steadydancer-models", library_version=__version__,
         )
         headers = _headers(token)
@@ -89,7 +89,7 @@ def resolve(entry: ModelFile, endpoint: str, token: str | None) -> Remote:
     headers = {k: v for k, v in _headers(None).items() if k.lower() != "authorization"}
     headers["Accept-Encoding"] = "identity"
     response = http_backoff(
-        "HEAD", entry.url, headers=headers, follow_redirects=True, timeout=METADATA_TIMEOUT_S,
+        "HEAD", entry.url, headers=headers, follow_redirects=True, timeout=timeout,
         retry_on_exceptions=(), retry_on_status_codes=(),
     )
     hf_raise_for_status(response)

@@ -16,6 +16,9 @@ from .manifest import Manifest, ModelFile
 from .options import Options
 
 
+LIST_TIMEOUT_S = 10.0
+
+
 def _remote_sizes(files: list[ModelFile], options: Options) -> dict[str, int | str]:
     """name -> size in bytes, or the reason it is unknown. One quick HEAD per file, no retries."""
     wanted = [f for f in files if f.size is None]
@@ -24,7 +27,7 @@ def _remote_sizes(files: list[ModelFile], options: Options) -> dict[str, int | s
 
     def head(entry: ModelFile) -> int | str:
         try:
-            size = hub.resolve(entry, options.endpoint, options.token).size
+            size = hub.resolve(entry, options.endpoint, options.token, timeout=LIST_TIMEOUT_S).size
         except Exception as exc:  # noqa: BLE001 - listing reports, it does not fail
             try:
                 return hub.classify(exc, entry, options.endpoint).error.what
@@ -64,10 +67,10 @@ def collect(options: Options) -> dict[str, Any]:
         if size is None:
             found = remote.get(f.name)
             size = found if isinstance(found, int) else None
-            source = "hub" if size is not None else f"unknown: {found}"
+            source = "hub" if size is not None else str(found)
         files.append({
             "name": f.name, "variants": list(f.variants), "selected": bool(selected.intersection(f.variants)),
-            "status": f.status, "origin": f.origin, "repo": f.repo, "revision": f.revision if f.on_hub else None,
+            "status": f.status, "location": f.location, "origin": f.origin, "repo": f.repo, "revision": f.revision if f.on_hub else None,
             "path": f.path, "url": f.url, "dest": str(f.relpath), "size": size, "size_source": source,
             "sha256": f.sha256, **_presence(f, options.dest),
         })
@@ -112,22 +115,28 @@ def render(data: dict[str, Any]) -> str:
     lines = [f"Manifest {data['manifest']}   (* default variant, > selected)", "", "Variants:"]
     for name, v in data["variants"].items():
         mark = ("*" if v["default"] else " ") + (">" if v["selected"] else " ")
-        size = log.fmt_bytes(v["bytes"]) + ("+?" if v["sizes_unknown"] else "")
+        size = "?" if v["sizes_unknown"] == v["files"] else log.fmt_bytes(v["bytes"]) + ("+?" if v["sizes_unknown"] else "")
         inc = f"  (+ {', '.join(v['includes'])})" if v["includes"] else ""
-        lines.append(f"  {mark} {name:<16} {v['files']:>2} files {size:>12}  {v['description']}{inc}")
+        lines.append(f"  {mark} {name:<15} {v['files']:>2} files {size:>11}  {v['description']}{inc}")
     lines += ["", f"Files ({'at ' + data['dest'] if data['dest'] else 'no --dest given'}):"]
     width = max(len(r["name"]) for r in data["files"])
+    unknown_reasons = {r["size_source"] for r in data["files"] if r["size"] is None}
     for r in data["files"]:
         mark = ">" if r["selected"] else " "
-        lines.append(f"  {mark} {r['name']:<{width}} {_size(r):>10}  {r['status']:<10}  {_state(r):<12}  "
-                     f"{r['dest']}  <- {r['origin']}  [{', '.join(r['variants'])}]")
-        if r["size"] is None:
-            lines.append(f"    {'':<{width}} size {r['size_source']}")
+        status = f"{r['status']}/{r['location'] or '-'}"
+        lines.append(f"  {mark} {r['name']:<{width}} {_size(r):>10}  {status:<21} {_state(r):<8}  "
+                     f"[{', '.join(r['variants'])}]")
+        lines.append(f"      {r['dest']}  <-  {r['origin']}")
     t = data["totals"]
     unknown = f", {t['sizes_unknown']} size(s) unknown" if t["sizes_unknown"] else ""
     lines += ["", f"Selected ({', '.join(data['selected_variants'])}): {t['files']} files, "
               f"{log.fmt_bytes(t['bytes'])}{unknown}; verified at dest: {t['verified_files']} "
-              f"({log.fmt_bytes(t['verified_bytes'])}); to download: {log.fmt_bytes(t['to_download_bytes'])}"]
+              f"({log.fmt_bytes(t['verified_bytes'])}); to download: {log.fmt_bytes(t['to_download_bytes'])}"
+              + (" + unknown sizes" if t["sizes_unknown"] else "")]
+    if unknown_reasons:
+        lines.append("Sizes marked ? are unknown: " + "; ".join(sorted(unknown_reasons)))
+    lines.append("Status: verified = commit and sha256 pinned in the manifest; location: confirmed by public "
+                 "sources / inferred. Unpinned files are checked against the hub's LFS sha256 when downloaded.")
     return "\n".join(lines)
 
 
