@@ -14,8 +14,8 @@ from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
 import httpx2
-from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub import errors as hf_errors
+from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.file_download import http_get
 from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
 from tqdm import tqdm
@@ -173,12 +173,14 @@ def classify(exc: BaseException, entry: ModelFile, endpoint: str) -> Failure:
     if isinstance(exc, hf_errors.RepositoryNotFoundError) and status == 404:
         return Failure(False, NotFoundError(
             f"Repository {entry.repo} does not exist on {endpoint} (HTTP 404)",
-            fix=f"the manifest entry [files.{entry.name}] is wrong: fix its repo (or, for a private repo, set HF_TOKEN)",
+            fix=f"the manifest entry [files.{entry.name}] is wrong: fix its repo "
+            "(or, for a private repo, set HF_TOKEN)",
         ))
     if isinstance(exc, hf_errors.RemoteEntryNotFoundError) or status == 404:
         return Failure(False, NotFoundError(
             f"{where} does not exist (HTTP 404)",
-            why="the file is not in that repository at that revision" if entry.on_hub else "the server has no such file",
+            why="the file is not in that repository at that revision" if entry.on_hub
+            else "the server has no such file",
             fix=f"the manifest entry [files.{entry.name}] is wrong: fix its path (or url) or revision",
         ))
     if status is not None and (status >= 500 or status in (408, 429)):

@@ -15,7 +15,6 @@ from . import hub, log, state
 from .manifest import Manifest, ModelFile
 from .options import Options
 
-
 LIST_TIMEOUT_S = 10.0
 
 
@@ -70,7 +69,8 @@ def collect(options: Options) -> dict[str, Any]:
             source = "hub" if size is not None else str(found)
         files.append({
             "name": f.name, "variants": list(f.variants), "selected": bool(selected.intersection(f.variants)),
-            "status": f.status, "location": f.location, "origin": f.origin, "repo": f.repo, "revision": f.revision if f.on_hub else None,
+            "status": f.status, "location": f.location, "origin": f.origin, "repo": f.repo,
+            "revision": f.revision if f.on_hub else None,
             "path": f.path, "url": f.url, "dest": str(f.relpath), "size": size, "size_source": source,
             "sha256": f.sha256, **_presence(f, options.dest),
         })
@@ -115,7 +115,9 @@ def render(data: dict[str, Any]) -> str:
     lines = [f"Manifest {data['manifest']}   (* default variant, > selected)", "", "Variants:"]
     for name, v in data["variants"].items():
         mark = ("*" if v["default"] else " ") + (">" if v["selected"] else " ")
-        size = "?" if v["sizes_unknown"] == v["files"] else log.fmt_bytes(v["bytes"]) + ("+?" if v["sizes_unknown"] else "")
+        size = log.fmt_bytes(v["bytes"]) + ("+?" if v["sizes_unknown"] else "")
+        if v["sizes_unknown"] == v["files"]:
+            size = "?"
         inc = f"  (+ {', '.join(v['includes'])})" if v["includes"] else ""
         lines.append(f"  {mark} {name:<15} {v['files']:>2} files {size:>11}  {v['description']}{inc}")
     lines += ["", f"Files ({'at ' + data['dest'] if data['dest'] else 'no --dest given'}):"]

@@ -8,6 +8,7 @@ A dotfile with a .json suffix: ComfyUI's model lists filter by extension and nev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -93,7 +94,5 @@ def write(target: Path, entry: ModelFile, sha256: str, commit: str | None, again
 
 
 def remove(target: Path) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(record_path(target))
-    except FileNotFoundError:
-        pass

@@ -12,6 +12,7 @@ body, an ignored Range header, a slow body. Every request is recorded for assert
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -155,14 +156,14 @@ class HubStub:
                 with stub._lock:
                     stub.requests.append(Request(name, method, self.path, self.headers.get("Range"),
                                                  self.headers.get("Authorization")))
-                try:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     (stub._hub if name == "hub" else stub._cdn)(self, method)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass
 
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"hubstub-{name}", daemon=True).start()
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"hubstub-{name}", daemon=True
+        ).start()
         self._servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 

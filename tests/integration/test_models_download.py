@@ -7,14 +7,12 @@ two real ``python -m models`` processes. Files are a few MiB of seeded random by
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import dataclasses
 import json
 import os
 import random
 import subprocess
 import sys
-import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,8 +21,9 @@ import pytest
 
 pytest.importorskip("huggingface_hub", reason="the models downloader needs huggingface_hub (nox -s tests installs it)")
 
-from models import download, errors, fsutil, options, state  # noqa: E402
 from models_hub_stub import HubStub  # noqa: E402
+
+from models import download, errors, fsutil, options, state  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -339,7 +338,9 @@ def test_partial_bytes_count_as_done_in_the_free_space_check(runner: Runner, hub
 # --- idempotence and concurrency ------------------------------------------------------------------------------------
 
 
-def test_second_run_skips_without_hashing_or_network(runner: Runner, hub: HubStub, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_second_run_skips_without_hashing_or_network(
+    runner: Runner, hub: HubStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
     f = hub.add("org/model", "big.bin", blob(17, 2 * MIB))
     manifest = write_manifest(runner.tmp, entry("big", "org/model", "big.bin"))
     [first] = runner.run(manifest)
@@ -348,7 +349,12 @@ def test_second_run_skips_without_hashing_or_network(runner: Runner, hub: HubStu
 
     hashed: list[int] = []
     real_update = fsutil.Digests.update
-    monkeypatch.setattr(fsutil.Digests, "update", lambda self, data: (hashed.append(len(data)), real_update(self, data)))
+
+    def counting_update(self: fsutil.Digests, data: bytes) -> None:
+        hashed.append(len(data))
+        real_update(self, data)
+
+    monkeypatch.setattr(fsutil.Digests, "update", counting_update)
     [second] = runner.run(manifest)
     assert second.action == "skipped" and hashed == [] and len(hub.requests) == requests_before
 
@@ -387,7 +393,7 @@ def test_two_concurrent_runs_share_the_work_and_fetch_each_file_once(tmp_path: P
     procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     results = [p.communicate(timeout=90) for p in procs]
-    for p, (out, err) in zip(procs, results, strict=True):
+    for p, (_out, err) in zip(procs, results, strict=True):
         assert p.returncode == 0, err
     logs = "\n".join(err for _, err in results)
     for f in files:
@@ -443,3 +449,31 @@ def test_cli_exit_codes_and_messages(tmp_path: Path, hub: HubStub) -> None:
     typo = subprocess.run([sys.executable, "-m", "models", "--manifest", str(manifest), "--varaint", "a"],
                           env=env, capture_output=True, text=True, timeout=60)
     assert typo.returncode == 21 and 'Perhaps you meant "--variant"' in typo.stderr
+
+
+def test_xet_transport_hashes_what_hf_xet_assembled(
+    runner: Runner, hub: HubStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stand-in speaks no Xet protocol: hf_xet itself is replaced, the hub's metadata stays real. What is tested
+    is this downloader's side: the xet path is taken only when asked, and its result is hashed and verified."""
+    from models import hub as hub_mod
+
+    f = hub.add("org/model", "big.bin", blob(40, MIB))
+    real_resolve = hub_mod.resolve
+    monkeypatch.setattr(hub_mod, "resolve", lambda *a, **k: dataclasses.replace(real_resolve(*a, **k), xet=object()))
+    monkeypatch.setattr(hub_mod, "xet_available", lambda: True)
+    assembled: list[Path] = []
+
+    def fake_xet(remote: hub_mod.Remote, incomplete: Path, name: str) -> None:
+        assembled.append(incomplete)
+        incomplete.write_bytes(corrupt if assembled[1:] else f.content)
+
+    corrupt = b"\0" * len(f.content)
+    monkeypatch.setattr(hub_mod, "fetch_xet", fake_xet)
+    manifest = write_manifest(runner.tmp, entry("big", "org/model", "big.bin"))
+    [outcome] = runner.run(manifest, "--transport", "xet")
+    assert outcome.target.read_bytes() == f.content and hub.gets("cdn") == []
+    outcome.target.unlink()
+    with pytest.raises(errors.IntegrityError, match="bad file was deleted"):
+        runner.run(manifest, "--transport", "xet")
+    assert leftovers(runner.dest) == []

@@ -29,7 +29,8 @@ def test_shipped_manifest_covers_every_variant_with_fp8_as_default(shipped: mani
 def test_shipped_weight_variants_bring_encoders_vae_lora_and_pose(shipped: manifest.Manifest) -> None:
     for weights in ("fp8", "fp16", "gguf-q8_0", "gguf-q4_k_m"):
         folders = {f.folder for f in shipped.select([weights])}
-        assert {"diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "detection", "annotators"} <= folders
+        needed = {"diffusion_models", "text_encoders", "vae", "clip_vision", "loras", "detection", "annotators"}
+        assert needed <= folders
         diffusion = [f for f in shipped.select([weights]) if f.folder == "diffusion_models"]
         assert len(diffusion) == 1, "exactly one SteadyDancer weight file per weight variant"
     names = {f.name for f in shipped.select(["pose-openmmlab"])}
