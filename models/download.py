@@ -17,6 +17,7 @@ import contextlib
 import dataclasses
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -98,6 +99,10 @@ def expectation(entry: ModelFile, remote: Remote | None) -> Expectation:
     )
 
 
+class Cancelled(BaseException):
+    """Raised in download threads after Ctrl-C; a BaseException so that no retry loop catches it."""
+
+
 class HashingWriter:
     """A file wrapper that hashes and counts every byte written, for huggingface_hub's ``http_get``.
 
@@ -105,13 +110,23 @@ class HashingWriter:
     the bytes still in the file, so the hash always describes exactly the file's content.
     """
 
-    def __init__(self, f: Any, path: Path, digests: fsutil.Digests, on_bytes: Callable[[int], None]) -> None:
+    def __init__(
+        self,
+        f: Any,
+        path: Path,
+        digests: fsutil.Digests,
+        on_bytes: Callable[[int], None],
+        cancelled: threading.Event | None = None,
+    ) -> None:
         self._f = f
         self._path = path
         self.digests = digests
         self._on_bytes = on_bytes
+        self._cancelled = cancelled
 
     def write(self, data: bytes) -> int:
+        if self._cancelled is not None and self._cancelled.is_set():
+            raise Cancelled("interrupted")  # Ctrl-C in the main thread: stop this transfer now, keep the partial
         n = self._f.write(data)
         self.digests.update(data)
         self._on_bytes(len(data))
@@ -161,6 +176,7 @@ class Downloader:
         self.sleep = sleep
         self.state_dir = self.dest / STATE_DIR
         self.progress: Progress | None = None
+        self.cancelled = threading.Event()
 
     # --- paths ------------------------------------------------------------------------------------------------------
 
@@ -242,6 +258,8 @@ class Downloader:
                     entry = futures[future]
                     try:
                         results[entry.name] = future.result()
+                    except Cancelled:
+                        continue
                     except BaseException as e:  # noqa: BLE001 - re-raised below, after the others are told
                         if not errors:
                             for other in futures:
@@ -250,6 +268,7 @@ class Downloader:
                         if isinstance(e, ModelsError) and len(errors) > 1:
                             log.warn(f"also failed: {e.what}")
             except KeyboardInterrupt:
+                self.cancelled.set()  # running transfers stop at their next write; partials stay for the next run
                 for other in futures:
                     other.cancel()
                 raise
@@ -441,7 +460,7 @@ class Downloader:
         try:
             with partial.open("r+b" if partial.exists() else "w+b") as f:
                 f.seek(existing)
-                writer = HashingWriter(f, partial, digests, bar.update)
+                writer = HashingWriter(f, partial, digests, bar.update, self.cancelled)
                 if size is None or existing < size:
                     hub.fetch(remote, writer, existing, entry.filename)  # type: ignore[arg-type]
                 f.flush()

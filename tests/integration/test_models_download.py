@@ -11,8 +11,10 @@ import dataclasses
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -477,3 +479,28 @@ def test_xet_transport_hashes_what_hf_xet_assembled(
     with pytest.raises(errors.IntegrityError, match="bad file was deleted"):
         runner.run(manifest, "--transport", "xet")
     assert leftovers(runner.dest) == []
+
+
+def test_ctrl_c_stops_promptly_keeps_the_partial_and_the_next_run_resumes(tmp_path: Path, hub: HubStub) -> None:
+    f = hub.add("org/model", "big.bin", blob(41, 24 * MIB))
+    hub.fault("cdn", f.sha256, "slow", delay=0.01, times=1)  # ~4 s for the first transfer only
+    manifest = write_manifest(tmp_path, entry("big", "org/model", "big.bin"))
+    dest = tmp_path / "dest"
+    env = {"HF_ENDPOINT": hub.endpoint, "PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")}
+    cmd = [sys.executable, "-m", "models", "--manifest", str(manifest), "--dest", str(dest), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = dest / ".models" / "partial" / f"big.bin.{f.sha256[:16]}.part"
+    deadline = time.monotonic() + 30
+    while not (partial.exists() and partial.stat().st_size >= 10 * MIB) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "partial downloads are kept" in err and "Traceback" not in err
+    kept = partial.stat().st_size
+    assert 10 * MIB <= kept < len(f.content)
+
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert (dest / "diffusion_models" / "big.bin").read_bytes() == f.content
+    assert hub.gets("cdn")[-1].range == f"bytes={kept}-"
