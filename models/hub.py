@@ -13,7 +13,10 @@ from collections.abc import Mapping
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-import httpx2
+try:  # huggingface_hub 2.x speaks httpx2; 1.x used httpx (constraints.txt pins 2.4.0)
+    import httpx2
+except ImportError:  # pragma: no cover - only with an older huggingface_hub than the pinned one
+    import httpx as httpx2  # type: ignore[no-redef]
 from huggingface_hub import errors as hf_errors
 from huggingface_hub import get_hf_file_metadata, hf_hub_url
 from huggingface_hub.file_download import http_get
