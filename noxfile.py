@@ -2,6 +2,7 @@
 
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
     nox -s tests             the test suite (unit + integration; what CI runs)
+    nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
 """
@@ -22,6 +23,8 @@ ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
 PIPELINE = ("packaging", "psutil", "pyelftools")
+# What the models downloader imports (it also runs inside the image, without the pipeline).
+MODELS = ("huggingface_hub", "tqdm")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -39,10 +42,17 @@ def wheels(session: nox.Session) -> None:
     _wheels(session, "build")
 
 
+@nox.session(default=False)
+def models(session: nox.Session) -> None:
+    """Download models: `-- --variant fp8 --dest DIR`, `-- --list [--dest DIR]`, `-- --manifest my.toml --dest DIR`."""
+    _install(session, *MODELS)
+    session.run("python", "-m", "models", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 
