@@ -6,6 +6,7 @@ POST /prompt, /upload/image, /interrupt, /queue. Errors become :mod:`errors` typ
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -188,7 +189,5 @@ class ComfyClient:
     def cancel(self, prompt_id: str) -> None:
         """Stop a prompt whether it runs or waits: interrupt, then drop it from the queue. Best effort."""
         for path, body in (("/interrupt", {"prompt_id": prompt_id}), ("/queue", {"delete": [prompt_id]})):
-            try:
+            with contextlib.suppress(requests.RequestException):
                 self.http.post(f"{self.base_url}{path}", json=body, timeout=10)
-            except requests.RequestException:
-                pass

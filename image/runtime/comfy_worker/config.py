@@ -52,7 +52,11 @@ class S3Settings:
 
     def creds(self) -> dict[str, str]:
         """The dict runpod's rp_upload takes as ``bucket_creds``."""
-        return {"endpointUrl": self.endpoint_url, "accessId": self.access_key_id, "accessSecret": self.secret_access_key}
+        return {
+            "endpointUrl": self.endpoint_url,
+            "accessId": self.access_key_id,
+            "accessSecret": self.secret_access_key,
+        }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +98,9 @@ def _number(env: Mapping[str, str], key: str, default: Any, *, integer: bool = F
     try:
         number = int(value) if integer else float(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={raw!r} is not a number", fix=f"set {key} to a {'whole ' if integer else ''}number")
+        raise ConfigError(
+            f"{key}={raw!r} is not a number", fix=f"set {key} to a {'whole ' if integer else ''}number"
+        ) from None
     if number < 0 or (positive and number == 0):
         raise ConfigError(f"{key}={raw!r} must be {'above' if positive else 'at least'} zero")
     return number
@@ -161,7 +167,9 @@ def load(env: Mapping[str, str], defaults_path: Path = DEFAULTS) -> WorkerConfig
         url_timeout_s=_number(env, "WORKER_URL_TIMEOUT_S", job.get("url-timeout-s", 120)),
         delete_outputs=_flag(env, "WORKER_DELETE_OUTPUTS", bool(job.get("delete-outputs", True))),
         max_input_bytes=int(_number(env, "WORKER_MAX_INPUT_MB", limits.get("max-input-mb", 100)) * MB),
-        max_total_input_bytes=int(_number(env, "WORKER_MAX_TOTAL_INPUT_MB", limits.get("max-total-input-mb", 200)) * MB),
+        max_total_input_bytes=int(
+            _number(env, "WORKER_MAX_TOTAL_INPUT_MB", limits.get("max-total-input-mb", 200)) * MB
+        ),
         max_response_bytes=int(_number(env, "WORKER_MAX_RESPONSE_MB", limits.get("max-response-mb", 20)) * MB),
         output_dir=Path(output_dir) if output_dir else None,
         models_dir=env.get("MODELS_DEST") or None,

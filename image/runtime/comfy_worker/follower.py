@@ -9,6 +9,7 @@ prompt; it is *timed out* when the deadline passes, and the caller then cancels 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -115,10 +116,8 @@ class Follower:
 
     def close(self) -> None:
         if self.ws is not None:
-            try:
+            with contextlib.suppress(*_WS_ERRORS):
                 self.ws.close()
-            except _WS_ERRORS:
-                pass
             self.ws = None
 
     def follow(self, prompt_id: str, deadline: float) -> Mapping[str, Any]:

@@ -49,7 +49,9 @@ def load_model_inputs(path: Path = MODEL_INPUTS) -> dict[tuple[str, str], str]:
 
 
 def check_node_classes(workflow: Mapping[str, Mapping[str, Any]], object_info: Mapping[str, Any]) -> None:
-    missing = {nid: str(node.get("class_type")) for nid, node in workflow.items() if node.get("class_type") not in object_info}
+    missing = {
+        nid: str(node.get("class_type")) for nid, node in workflow.items() if node.get("class_type") not in object_info
+    }
     if not missing:
         return
     classes = sorted(set(missing.values()))
@@ -122,8 +124,9 @@ def explain_rejection(
 ) -> WorkerError:
     """Turn /prompt's 400 answer into the most specific error: missing model files first, then the rest."""
     folders = load_model_inputs() if model_inputs is None else model_inputs
-    top = body.get("error") if isinstance(body.get("error"), Mapping) else {"message": str(body.get("error", ""))}
-    node_errors = body.get("node_errors") if isinstance(body.get("node_errors"), Mapping) else {}
+    raw_top, raw_nodes = body.get("error"), body.get("node_errors")
+    top: Mapping[str, Any] = raw_top if isinstance(raw_top, Mapping) else {"message": str(raw_top or "")}
+    node_errors: Mapping[str, Any] = raw_nodes if isinstance(raw_nodes, Mapping) else {}
 
     if top.get("type") == "invalid_prompt" and not node_errors:
         return PromptValidationError(

@@ -20,7 +20,7 @@ from typing import Any
 from . import graph, inputs, log, outputs, validation
 from .comfy_client import ComfyClient, PromptRejected
 from .config import WorkerConfig
-from .errors import ComfyUnavailableError, JobTimeoutError, WorkerError
+from .errors import ComfyUnavailableError, InputTooLargeError, JobTimeoutError, OutputError, WorkerError
 from .follower import Follower, Socket, connect
 from .upload import Sink, sink_for
 
@@ -51,6 +51,7 @@ class Worker:
         self.progress = progress
         self._object_info: dict[str, Any] | None = None
         self._object_info_pid: int | None = None
+        self._returned: set[Path] = set()  # output files the last job returned, deleted once no longer served
         self.jobs_done = 0
 
     # --- the one entry point ------------------------------------------------------------------------------------
@@ -72,7 +73,8 @@ class Worker:
             ).response()
         finally:
             self.jobs_done += 1
-        log.info(f"job {job_id}: {'failed' if 'error' in result else 'done'} in {log.fmt_seconds(time.monotonic() - started)}")
+        outcome = "failed" if "error" in result else "done"
+        log.info(f"job {job_id}: {outcome} in {log.fmt_seconds(time.monotonic() - started)}")
         return result
 
     # --- steps ---------------------------------------------------------------------------------------------------
@@ -164,10 +166,9 @@ class Worker:
                 data = inputs.decode(entry)
             total += len(data)
             if total > self.cfg.max_total_input_bytes:
-                from .errors import InputTooLargeError
-
                 raise InputTooLargeError(
-                    f"The job's input files add up to more than the {self.cfg.max_total_input_bytes / 1e6:.0f} MB limit",
+                    f"The job's input files add up to more than the {self.cfg.max_total_input_bytes / 1e6:.0f} MB "
+                    "limit",
                     fix="send fewer or smaller files, or raise WORKER_MAX_TOTAL_INPUT_MB",
                     limit_bytes=self.cfg.max_total_input_bytes,
                 )
@@ -179,7 +180,16 @@ class Worker:
         sink = self.sink or sink_for(self.cfg.s3, self.cfg.max_response_bytes)
         answer: dict[str, Any] = {"images": [], "videos": [], "files": []}
         for out in files:
-            data = self.client.view(out.ref)
+            try:
+                data = self.client.view(out.ref)
+            except OutputError as e:
+                raise OutputError(
+                    e.what,
+                    why="ComfyUI reuses a cached node's result (and its old file) when a job repeats an earlier one; "
+                    "that file is gone from its output folder",
+                    fix="change any input (the seed) to run the node again; with ComfyUI's --cache-lru, set "
+                    "WORKER_DELETE_OUTPUTS=0",
+                ) from None
             stored = sink.put(job_id, out, data)
             entry = {
                 "filename": out.ref.filename,
@@ -196,7 +206,7 @@ class Worker:
             answer[out.group].append(entry)
             shown = f"{out.ref.subfolder}/{out.ref.filename}" if out.ref.subfolder else out.ref.filename
             log.info(f"output {shown} ({out.key}, {log.fmt_bytes(len(data))}) -> {stored['type']}")
-            self._delete_output(out)
+        self._delete_old_outputs(files)
         skipped = outputs.skipped_temp(history_outputs) if not include_temp else 0
         if skipped:
             answer["skipped_temp_files"] = skipped
@@ -204,17 +214,25 @@ class Worker:
             answer["status"] = "success_no_outputs"
         return answer
 
-    def _delete_output(self, out: outputs.OutputFile) -> None:
-        """A long-lived worker would fill its disk: drop returned files from ComfyUI's output folder."""
-        if not (self.cfg.delete_outputs and self.cfg.output_dir and out.ref.type == "output"):
+    def _delete_old_outputs(self, files: list[outputs.OutputFile]) -> None:
+        """A long-lived worker would fill its disk with returned outputs, but ComfyUI may serve a file again: when a
+        job repeats the previous one, its cached SaveImage/VHS result (and that file) is reused. ComfyUI's default
+        cache keeps only the nodes of the last prompt, so a file the last job returned and this one did not can no
+        longer be served: delete those, keep this job's until the next."""
+        if not (self.cfg.delete_outputs and self.cfg.output_dir):
             return
         root = self.cfg.output_dir.resolve()
-        path = (root / out.ref.subfolder / out.ref.filename).resolve()
-        if root in path.parents:
+        current: set[Path] = set()
+        for out in files:
+            path = (root / out.ref.subfolder / out.ref.filename).resolve()
+            if out.ref.type == "output" and root in path.parents:
+                current.add(path)
+        for path in sorted(self._returned - current):
             try:
-                path.unlink()
+                path.unlink(missing_ok=True)
             except OSError as e:
                 log.warn(f"could not delete returned output {path}: {e}")
+        self._returned = current
 
     def _event_logger(self, job: Mapping[str, Any], workflow: Mapping[str, Mapping[str, Any]]) -> Callable[..., None]:
         last = {"t": 0.0}

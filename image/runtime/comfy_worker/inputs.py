@@ -44,7 +44,8 @@ def download(entry: InputFile, *, limit: int, timeout_s: float, session: request
         with http.get(entry.url, stream=True, timeout=timeout_s) as response:
             if response.status_code != 200:
                 raise InputFetchError(
-                    f'Input file "{entry.name}" could not be downloaded: {entry.url} answered HTTP {response.status_code}',
+                    f'Input file "{entry.name}" could not be downloaded: {entry.url} answered '
+                    f"HTTP {response.status_code}",
                     fix="check that the URL is public (or pre-signed) and not expired",
                     file=entry.name,
                     status=response.status_code,

@@ -146,7 +146,10 @@ def run(names: Sequence[str], emit: Callable[[str], None] = print) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m comfy_worker.preflight", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--skip", action="append", default=[], choices=[c for c in CHECKS if c not in ("torch", "cuda")],
+        "--skip",
+        action="append",
+        default=[],
+        choices=[c for c in CHECKS if c not in ("torch", "cuda")],
         help="leave out an extension check (repeatable)",
     )
     args = parser.parse_args(argv)

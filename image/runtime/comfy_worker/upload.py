@@ -8,6 +8,7 @@ right Content-Type for videos (rp_upload.upload_image would label an .mp4 "image
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -77,10 +78,8 @@ class S3Sink:
                 fix="check the BUCKET_* settings (endpoint, keys, bucket name) and that the bucket exists",
             ) from None
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(path)
-            except OSError:
-                pass
         return {"type": "s3_url", "data": url}
 
 

@@ -3,7 +3,7 @@
 Accepted input (``job["input"]``)::
 
     {
-      "workflow": {...},            # required: an API-format workflow ("Export (API)" in ComfyUI), or that JSON as a string
+      "workflow": {...},            # required: an API-format workflow (ComfyUI's "Export (API)"), or it as a string
       "images": [                   # optional: files to put in ComfyUI's input folder before queueing
         {"name": "ref.png", "image": "<base64 or data: URI>"},
         {"name": "dance.mp4", "url": "https://..."}
@@ -66,7 +66,7 @@ def parse_job(raw: Any, *, max_timeout_s: float, max_input_bytes: int, max_total
     if "workflow" not in raw:
         raise InputError(
             'The job input has no "workflow"',
-            fix='put the API-format workflow (ComfyUI: Workflow > Export (API)) under input.workflow',
+            fix="put the API-format workflow (ComfyUI: Workflow > Export (API)) under input.workflow",
         )
     workflow = check_workflow(raw["workflow"])
     files = _files(raw, max_input_bytes, max_total_input_bytes)
@@ -81,7 +81,9 @@ def _json(text: str, what: str) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise InputError(f"{what} is a string but not valid JSON: {e}", fix="send a JSON object, not a string") from None
+        raise InputError(
+            f"{what} is a string but not valid JSON: {e}", fix="send a JSON object, not a string"
+        ) from None
 
 
 def check_workflow(workflow: Any) -> dict[str, dict[str, Any]]:
@@ -111,7 +113,9 @@ def check_workflow(workflow: Any) -> dict[str, dict[str, Any]]:
             continue
         for name, value in inputs.items():
             if _is_link(value) and str(value[0]) not in workflow:
-                problems.append(f"node {node_id!r} input {name!r} links to node {value[0]!r}, which is not in the workflow")
+                problems.append(
+                    f"node {node_id!r} input {name!r} links to node {value[0]!r}, which is not in the workflow"
+                )
     if problems:
         raise WorkflowError(
             f"input.workflow is not a valid API-format workflow ({len(problems)} problem(s)): {problems[0]}",
@@ -123,7 +127,10 @@ def check_workflow(workflow: Any) -> dict[str, dict[str, Any]]:
 
 def _is_link(value: Any) -> bool:
     return (
-        isinstance(value, list) and len(value) == 2 and isinstance(value[0], (str, int)) and isinstance(value[1], int)
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], (str, int))
+        and isinstance(value[1], int)
         and not isinstance(value[1], bool)
     )
 
