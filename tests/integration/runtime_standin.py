@@ -6,7 +6,8 @@ handful of node classes named after real ones (EmptyImage, LoadImage, SaveImage,
 VAELoader, CLIPVisionLoader, WanVideoModelLoader, VHS_LoadVideo, VHS_VideoCombine). What a real ComfyUI cannot be
 made to do on demand is scripted: POST /_standin/script {"modes": ["ws_drop", ...]} sets how the next prompts run:
 
-    ok        run normally (the default)
+    ok        run normally (the default); a prompt identical to the last one replays its outputs, as ComfyUI's
+              cache does (the old files, not new ones)
     ws_drop   close every websocket after the first node, then finish while the client is away
     crash     exit the process (status 3) after the first node, as an OOM kill would
     hang      start, then wait until /interrupt
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import struct
@@ -49,8 +51,15 @@ def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
 
 
 class Standin:
-    def __init__(self, root: Path, models: dict[str, list[Path]], *, input_dir: Path | None = None,
-                 output_dir: Path | None = None, max_upload_mb: float = 100.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        models: dict[str, list[Path]],
+        *,
+        input_dir: Path | None = None,
+        output_dir: Path | None = None,
+        max_upload_mb: float = 100.0,
+    ) -> None:
         self.input_dir = input_dir or root / "input"
         self.output_dir = output_dir or root / "output"
         self.temp_dir = root / "temp"
@@ -69,6 +78,8 @@ class Standin:
         self.counter = 0
         self.uploads = 0
         self.script_file: Path | None = None
+        self.last_key = ""
+        self.last_outputs: dict[str, Any] = {}
 
     # --- what the node classes see -------------------------------------------------------------------------------
 
@@ -83,20 +94,36 @@ class Standin:
 
     def input_files(self, suffixes: tuple[str, ...] | None = None) -> list[str]:
         return sorted(
-            p.name for p in self.input_dir.iterdir()
+            p.name
+            for p in self.input_dir.iterdir()
             if p.is_file() and (suffixes is None or p.suffix.lower() in suffixes)
         )
 
     def object_info(self) -> dict[str, Any]:
-        def node(required: dict[str, Any], output: list[str], *, output_node: bool = False,
-                 optional: dict[str, Any] | None = None) -> dict[str, Any]:
-            return {"input": {"required": required, "optional": optional or {}}, "output": output,
-                    "output_node": output_node}
+        def node(
+            required: dict[str, Any],
+            output: list[str],
+            *,
+            output_node: bool = False,
+            optional: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
+            return {
+                "input": {"required": required, "optional": optional or {}},
+                "output": output,
+                "output_node": output_node,
+            }
 
         string = ["STRING", {"default": "ComfyUI"}]
         return {
-            "EmptyImage": node({"width": ["INT", {"default": 512}], "height": ["INT", {"default": 512}],
-                                "batch_size": ["INT", {"default": 1}], "color": ["INT", {"default": 0}]}, ["IMAGE"]),
+            "EmptyImage": node(
+                {
+                    "width": ["INT", {"default": 512}],
+                    "height": ["INT", {"default": 512}],
+                    "batch_size": ["INT", {"default": 1}],
+                    "color": ["INT", {"default": 0}],
+                },
+                ["IMAGE"],
+            ),
             "LoadImage": node({"image": [self.input_files(), {"image_upload": True}]}, ["IMAGE", "MASK"]),
             "ImageInvert": node({"image": ["IMAGE"]}, ["IMAGE"]),
             "SaveImage": node({"images": ["IMAGE"], "filename_prefix": string}, [], output_node=True),
@@ -106,15 +133,29 @@ class Standin:
             "VAELoader": node({"vae_name": [self.model_files("vae")]}, ["VAE"]),
             "CLIPVisionLoader": node({"clip_name": [self.model_files("clip_vision")]}, ["CLIP_VISION"]),
             "WanVideoModelLoader": node(
-                {"model": [self.model_files("diffusion_models"),
-                           {"tooltip": "These models are loaded from the 'ComfyUI/models/diffusion_models' -folder"}],
-                 "base_precision": [["fp32", "bf16", "fp16", "fp16_fast"], {"default": "bf16"}]},
-                ["WANVIDEOMODEL"]),
-            "VHS_LoadVideo": node({"video": [self.input_files(VIDEO_SUFFIXES)]}, ["IMAGE", "INT", "AUDIO", "VHS_VIDEOINFO"]),
-            "VHS_VideoCombine": node({"images": ["IMAGE"], "frame_rate": ["FLOAT", {"default": 8}],
-                                      "filename_prefix": string, "format": [["image/gif", "video/h264-mp4"]],
-                                      "save_output": ["BOOLEAN", {"default": True}]},
-                                     ["VHS_FILENAMES"], output_node=True),
+                {
+                    "model": [
+                        self.model_files("diffusion_models"),
+                        {"tooltip": "These models are loaded from the 'ComfyUI/models/diffusion_models' -folder"},
+                    ],
+                    "base_precision": [["fp32", "bf16", "fp16", "fp16_fast"], {"default": "bf16"}],
+                },
+                ["WANVIDEOMODEL"],
+            ),
+            "VHS_LoadVideo": node(
+                {"video": [self.input_files(VIDEO_SUFFIXES)]}, ["IMAGE", "INT", "AUDIO", "VHS_VIDEOINFO"]
+            ),
+            "VHS_VideoCombine": node(
+                {
+                    "images": ["IMAGE"],
+                    "frame_rate": ["FLOAT", {"default": 8}],
+                    "filename_prefix": string,
+                    "format": [["image/gif", "video/h264-mp4"]],
+                    "save_output": ["BOOLEAN", {"default": True}],
+                },
+                ["VHS_FILENAMES"],
+                output_node=True,
+            ),
         }
 
     # --- /prompt validation, in ComfyUI's shapes ----------------------------------------------------------------
@@ -123,9 +164,15 @@ class Standin:
         info = self.object_info()
         for node_id, node in prompt.items():
             if node.get("class_type") not in info:
-                return ({"type": "invalid_prompt",
-                         "message": f"Cannot execute because node {node.get('class_type')} does not exist.",
-                         "details": f"Node ID '#{node_id}'", "extra_info": {}}, {})
+                return (
+                    {
+                        "type": "invalid_prompt",
+                        "message": f"Cannot execute because node {node.get('class_type')} does not exist.",
+                        "details": f"Node ID '#{node_id}'",
+                        "extra_info": {},
+                    },
+                    {},
+                )
         node_errors: dict[str, Any] = {}
         for node_id, node in prompt.items():
             spec = info[node["class_type"]]["input"]["required"]
@@ -133,24 +180,43 @@ class Standin:
             for name, entry in spec.items():
                 value = node.get("inputs", {}).get(name)
                 if value is None:
-                    errors.append({"type": "required_input_missing", "message": "Required input is missing",
-                                   "details": name, "extra_info": {"input_name": name}})
+                    errors.append(
+                        {
+                            "type": "required_input_missing",
+                            "message": "Required input is missing",
+                            "details": name,
+                            "extra_info": {"input_name": name},
+                        }
+                    )
                     continue
                 if isinstance(entry[0], list) and not isinstance(value, list) and value not in entry[0]:
                     options = entry[0]
                     listed = f"(list of length {len(options)})" if len(options) > 20 else str(options)
-                    errors.append({"type": "value_not_in_list", "message": "Value not in list",
-                                   "details": f"{name}: '{value}' not in {listed}",
-                                   "extra_info": {"input_name": name, "input_config": None,
-                                                  "received_value": value}})
+                    errors.append(
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": f"{name}: '{value}' not in {listed}",
+                            "extra_info": {"input_name": name, "input_config": None, "received_value": value},
+                        }
+                    )
             if errors:
                 node_errors[node_id] = {"errors": errors, "dependent_outputs": [], "class_type": node["class_type"]}
         if node_errors:
-            return ({"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                     "details": "", "extra_info": {}}, node_errors)
+            return (
+                {
+                    "type": "prompt_outputs_failed_validation",
+                    "message": "Prompt outputs failed validation",
+                    "details": "",
+                    "extra_info": {},
+                },
+                node_errors,
+            )
         if not any(info[n["class_type"]]["output_node"] for n in prompt.values()):
-            return ({"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "",
-                     "extra_info": {}}, {})
+            return (
+                {"type": "prompt_no_outputs", "message": "Prompt has no outputs", "details": "", "extra_info": {}},
+                {},
+            )
         return None, {}
 
     # --- execution -------------------------------------------------------------------------------------------------
@@ -158,10 +224,8 @@ class Standin:
     async def send(self, event: str, data: dict[str, Any], sid: str | None) -> None:
         targets = [self.sockets[sid]] if sid in self.sockets else []
         for ws in targets:
-            try:
+            with contextlib.suppress(ConnectionResetError, RuntimeError):
                 await ws.send_str(json.dumps({"type": event, "data": data}))
-            except (ConnectionResetError, RuntimeError):
-                pass
 
     async def worker(self) -> None:
         while True:
@@ -205,6 +269,20 @@ class Standin:
             await self.send(name, data, sid)
 
         await event("execution_start", {}, record=True)
+        key = json.dumps(prompt, sort_keys=True)
+        if mode == "ok" and key == self.last_key:
+            # ComfyUI's cache: a repeated prompt runs nothing and replays the outputs (and old files) of the last.
+            await event("execution_cached", {"nodes": list(prompt)}, record=True)
+            for node_id, ui in self.last_outputs.items():
+                await event("executed", {"node": node_id, "display_node": node_id, "output": ui})
+            await event("execution_success", {}, record=True)
+            self.history[prompt_id] = {
+                "prompt": [0, prompt_id, prompt, {}, []],
+                "outputs": self.last_outputs,
+                "status": {"status_str": "success", "completed": True, "messages": messages},
+            }
+            await self.send("executing", {"node": None, "prompt_id": prompt_id}, sid)
+            return
         await event("execution_cached", {"nodes": []}, record=True)
         for index, node_id in enumerate(self._order(prompt)):
             node = prompt[node_id]
@@ -221,20 +299,32 @@ class Standin:
                 await self.interrupted.wait()
                 data = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"], "executed": []}
                 messages.append(["execution_interrupted", data])
-                self.history[prompt_id] = {"prompt": [0, prompt_id, prompt, {}, []], "outputs": {},
-                                           "status": {"status_str": "error", "completed": False, "messages": messages}}
+                self.history[prompt_id] = {
+                    "prompt": [0, prompt_id, prompt, {}, []],
+                    "outputs": {},
+                    "status": {"status_str": "error", "completed": False, "messages": messages},
+                }
                 await self.send("execution_interrupted", data, sid)
                 await self.send("executing", {"node": None, "prompt_id": prompt_id}, sid)
                 return
             if index == 1 and mode == "error":
-                data = {"prompt_id": prompt_id, "node_id": node_id, "node_type": node["class_type"], "executed": [],
-                        "exception_message": "CUDA out of memory. Tried to allocate 2.00 GiB",
-                        "exception_type": "torch.OutOfMemoryError",
-                        "traceback": ["Traceback (most recent call last):\n", "  ...\n"], "current_inputs": {},
-                        "current_outputs": []}
+                data = {
+                    "prompt_id": prompt_id,
+                    "node_id": node_id,
+                    "node_type": node["class_type"],
+                    "executed": [],
+                    "exception_message": "CUDA out of memory. Tried to allocate 2.00 GiB",
+                    "exception_type": "torch.OutOfMemoryError",
+                    "traceback": ["Traceback (most recent call last):\n", "  ...\n"],
+                    "current_inputs": {},
+                    "current_outputs": [],
+                }
                 messages.append(["execution_error", data])
-                self.history[prompt_id] = {"prompt": [0, prompt_id, prompt, {}, []], "outputs": {},
-                                           "status": {"status_str": "error", "completed": False, "messages": messages}}
+                self.history[prompt_id] = {
+                    "prompt": [0, prompt_id, prompt, {}, []],
+                    "outputs": {},
+                    "status": {"status_str": "error", "completed": False, "messages": messages},
+                }
                 await self.send("execution_error", data, sid)
                 await self.send("executing", {"node": None, "prompt_id": prompt_id}, sid)
                 return
@@ -243,8 +333,12 @@ class Standin:
                 outputs[node_id] = ui
                 await event("executed", {"node": node_id, "display_node": node_id, "output": ui})
         await event("execution_success", {}, record=True)
-        self.history[prompt_id] = {"prompt": [0, prompt_id, prompt, {}, []], "outputs": outputs,
-                                   "status": {"status_str": "success", "completed": True, "messages": messages}}
+        self.history[prompt_id] = {
+            "prompt": [0, prompt_id, prompt, {}, []],
+            "outputs": outputs,
+            "status": {"status_str": "success", "completed": True, "messages": messages},
+        }
+        self.last_key, self.last_outputs = key, outputs
         await self.send("executing", {"node": None, "prompt_id": prompt_id}, sid)
 
     def _save(self, folder: Path, file_type: str, prefix: str, suffix: str, data: bytes) -> dict[str, Any]:
@@ -291,8 +385,12 @@ class Standin:
             # An ISO-BMFF header then the frames: enough for a client to see an mp4 came back.
             body = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + arg("images")
             item = self._save(folder, file_type, arg("filename_prefix"), ".mp4", body)
-            item.update(format=fmt, frame_rate=arg("frame_rate"), workflow=item["filename"][:-4] + ".png",
-                        fullpath=str(folder / item["subfolder"] / item["filename"]))
+            item.update(
+                format=fmt,
+                frame_rate=arg("frame_rate"),
+                workflow=item["filename"][:-4] + ".png",
+                fullpath=str(folder / item["subfolder"] / item["filename"]),
+            )
             return {"gifs": [item]}
         return None
 
@@ -313,9 +411,18 @@ class Standin:
         r.add_get("/view", self.view)
         r.add_get("/ws", self.websocket)
         r.add_post("/_standin/script", self.script)
-        r.add_get("/_standin/state", lambda req: web.json_response(
-            {"uploads": self.uploads, "sockets": len(self.sockets), "pending": self.pending, "running": self.running,
-             "input_files": self.input_files()}))
+        r.add_get(
+            "/_standin/state",
+            lambda req: web.json_response(
+                {
+                    "uploads": self.uploads,
+                    "sockets": len(self.sockets),
+                    "pending": self.pending,
+                    "running": self.running,
+                    "input_files": self.input_files(),
+                }
+            ),
+        )
         app.on_startup.append(self._start_worker)
         return app
 
@@ -341,8 +448,9 @@ class Standin:
         body = await request.json()
         prompt = body.get("prompt")
         if not isinstance(prompt, dict):
-            return web.json_response({"error": {"type": "no_prompt", "message": "No prompt provided"},
-                                      "node_errors": {}}, status=400)
+            return web.json_response(
+                {"error": {"type": "no_prompt", "message": "No prompt provided"}, "node_errors": {}}, status=400
+            )
         error, node_errors = self.validate(prompt)
         if error is not None:
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
@@ -360,7 +468,9 @@ class Standin:
 
     async def get_queue(self, request: web.Request) -> web.Response:
         running = [[0, self.running, {}, {}, []]] if self.running else []
-        return web.json_response({"queue_running": running, "queue_pending": [[0, p, {}, {}, []] for p in self.pending]})
+        return web.json_response(
+            {"queue_running": running, "queue_pending": [[0, p, {}, {}, []] for p in self.pending]}
+        )
 
     async def post_queue(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -390,8 +500,14 @@ class Standin:
         sid = request.rel_url.query.get("clientId") or uuid.uuid4().hex
         self.sockets[sid] = ws
         try:
-            await ws.send_str(json.dumps({"type": "status", "data": {
-                "status": {"exec_info": {"queue_remaining": len(self.pending)}}, "sid": sid}}))
+            await ws.send_str(
+                json.dumps(
+                    {
+                        "type": "status",
+                        "data": {"status": {"exec_info": {"queue_remaining": len(self.pending)}}, "sid": sid},
+                    }
+                )
+            )
             async for msg in ws:
                 if msg.type == WSMsgType.ERROR:
                     break
@@ -436,14 +552,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="scripted ComfyUI stand-in")
     parser.add_argument("--listen", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8188)
-    parser.add_argument("--root", type=Path, default=None, help="folder for input/output/temp (default: a new temp one)")
+    parser.add_argument(
+        "--root", type=Path, default=None, help="folder for input/output/temp (default: a new temp one)"
+    )
     parser.add_argument("--output-directory", type=Path)
     parser.add_argument("--input-directory", type=Path)
     parser.add_argument("--extra-model-paths-config", type=Path, action="append", default=[])
     parser.add_argument("--models-root", type=Path, help="a models folder laid out like ComfyUI's")
     parser.add_argument("--max-upload-size", type=float, default=100.0)
     parser.add_argument("--pid-file", type=Path)
-    parser.add_argument("--script-file", type=Path, help="JSON list of modes for the next prompts, kept across restarts")
+    parser.add_argument(
+        "--script-file", type=Path, help="JSON list of modes for the next prompts, kept across restarts"
+    )
     args, _comfy_only = parser.parse_known_args(argv)  # --disable-auto-launch, --cpu, ...: ComfyUI's, ignored
     if args.listen not in ("127.0.0.1", "localhost", "::1"):
         print(f"stand-in: refusing to listen on {args.listen}; loopback only", file=sys.stderr)
@@ -460,11 +580,19 @@ def main(argv: list[str] | None = None) -> int:
         models.setdefault(folder, [])
     if args.pid_file:
         args.pid_file.write_text(str(os.getpid()))
-    standin = Standin(root, models, input_dir=args.input_directory, output_dir=args.output_directory,
-                      max_upload_mb=args.max_upload_size)
+    standin = Standin(
+        root,
+        models,
+        input_dir=args.input_directory,
+        output_dir=args.output_directory,
+        max_upload_mb=args.max_upload_size,
+    )
     standin.script_file = args.script_file
-    print(f"stand-in ComfyUI on {args.listen}:{args.port}; models: { {k: [str(p) for p in v] for k, v in models.items()} }",
-          flush=True)
+    listing = {k: [str(p) for p in v] for k, v in models.items()}
+    print(
+        f"stand-in ComfyUI on {args.listen}:{args.port}; models: {listing}",
+        flush=True,
+    )
     # Die on TERM at once, as ComfyUI does; aiohttp would otherwise wait for idle keep-alive connections.
     web.run_app(standin.app(), host=args.listen, port=args.port, print=None, handle_signals=True, shutdown_timeout=0.5)
     return 0

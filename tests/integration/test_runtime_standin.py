@@ -59,8 +59,22 @@ class StandinProcess:
 
     def start(self) -> StandinProcess:
         self.proc = subprocess.Popen(
-            [sys.executable, str(STANDIN), "--listen", "127.0.0.1", "--port", str(self.port), "--root", str(self.root),
-             "--models-root", str(self.models), "--pid-file", str(self.pid_file), "--max-upload-size", "5"],
+            [
+                sys.executable,
+                str(STANDIN),
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--root",
+                str(self.root),
+                "--models-root",
+                str(self.models),
+                "--pid-file",
+                str(self.pid_file),
+                "--max-upload-size",
+                "5",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -88,8 +102,11 @@ class StandinProcess:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("models")
-    for rel in ("vae/wanvideo/Wan2_1_VAE_bf16.safetensors", "vae/wan_2.1_vae.safetensors",
-                "clip_vision/clip_vision_h.safetensors"):
+    for rel in (
+        "vae/wanvideo/Wan2_1_VAE_bf16.safetensors",
+        "vae/wan_2.1_vae.safetensors",
+        "clip_vision/clip_vision_h.safetensors",
+    ):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"weights")
     return root
@@ -125,7 +142,10 @@ def worker(standin: StandinProcess) -> Worker:
 
 def save_image(color: int = 0xFF0000, width: int = 8, height: int = 4) -> dict[str, Any]:
     return {
-        "1": {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": 1, "color": color}},
+        "1": {
+            "class_type": "EmptyImage",
+            "inputs": {"width": width, "height": height, "batch_size": 1, "color": color},
+        },
         "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}},
         "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 0], "filename_prefix": "test/out"}},
     }
@@ -152,9 +172,16 @@ def test_images_videos_and_other_output_keys_all_come_back(worker: Worker, stand
     workflow = save_image(width=16, height=8)
     workflow.update(
         {
-            "4": {"class_type": "VHS_VideoCombine", "inputs": {"images": ["2", 0], "frame_rate": 16,
-                                                                "filename_prefix": "clip", "format": "video/h264-mp4",
-                                                                "save_output": True}},
+            "4": {
+                "class_type": "VHS_VideoCombine",
+                "inputs": {
+                    "images": ["2", 0],
+                    "frame_rate": 16,
+                    "filename_prefix": "clip",
+                    "format": "video/h264-mp4",
+                    "save_output": True,
+                },
+            },
             "5": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}},
             "6": {"class_type": "EmptyAudio", "inputs": {"seconds": 1.0}},
             "7": {"class_type": "SaveAudio", "inputs": {"audio": ["6", 0], "filename_prefix": "sound"}},
@@ -174,8 +201,25 @@ def test_images_videos_and_other_output_keys_all_come_back(worker: Worker, stand
     assert audio["output_key"] == "audio" and audio["filename"].endswith(".flac")
     assert answer["skipped_temp_files"] == 1  # the PreviewImage
     assert set(answer["timings"]) >= {"comfy_ready_s", "execution_s", "outputs_s", "total_s"}
-    # Returned outputs are removed from ComfyUI's output folder, so a long-lived worker does not fill its disk.
-    assert not (standin.root / "output" / "test" / image["filename"]).exists()
+
+
+def test_returned_outputs_are_deleted_once_comfy_cannot_serve_them_again(
+    worker: Worker, standin: StandinProcess
+) -> None:
+    output = standin.root / "output"
+    first = worker.run(job(save_image(color=0x123456)))
+    assert_ok(first)
+    first_file = output / "test" / first["images"][0]["filename"]
+    assert first_file.exists()  # kept: ComfyUI's cache may serve it again
+    again = worker.run(job(save_image(color=0x123456)))  # the same prompt: ComfyUI replays the cached result
+    assert_ok(again)
+    assert again["images"][0]["filename"] == first["images"][0]["filename"]
+    assert again["images"][0]["data"] == first["images"][0]["data"]
+    other = worker.run(job(save_image(color=0x654321)))
+    assert_ok(other)
+    # A long-lived worker must not fill its disk: what no cached node can serve any more is removed.
+    assert not first_file.exists()
+    assert (output / "test" / other["images"][0]["filename"]).exists()
 
 
 def test_temp_outputs_on_request(worker: Worker) -> None:
@@ -218,15 +262,24 @@ def test_input_files_by_base64_and_url_are_uploaded(worker: Worker, file_server:
         "1": {"class_type": "LoadImage", "inputs": {"image": "reference.png"}},
         "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "echo"}},
         "3": {"class_type": "VHS_LoadVideo", "inputs": {"video": "driving.mp4"}},
-        "4": {"class_type": "VHS_VideoCombine", "inputs": {"images": ["3", 0], "frame_rate": 16,
-                                                            "filename_prefix": "echo", "format": "video/h264-mp4",
-                                                            "save_output": True}},
+        "4": {
+            "class_type": "VHS_VideoCombine",
+            "inputs": {
+                "images": ["3", 0],
+                "frame_rate": 16,
+                "filename_prefix": "echo",
+                "format": "video/h264-mp4",
+                "save_output": True,
+            },
+        },
     }
-    answer = worker.run(job(
-        workflow,
-        images=[{"name": "reference.png", "image": "data:image/png;base64," + base64.b64encode(image).decode()}],
-        files=[{"name": "driving.mp4", "url": f"{base_url}/dance.mp4"}],
-    ))
+    answer = worker.run(
+        job(
+            workflow,
+            images=[{"name": "reference.png", "image": "data:image/png;base64," + base64.b64encode(image).decode()}],
+            files=[{"name": "driving.mp4", "url": f"{base_url}/dance.mp4"}],
+        )
+    )
     assert_ok(answer)
     assert base64.b64decode(answer["images"][0]["data"]) == image
     assert base64.b64decode(answer["videos"][0]["data"]).endswith(video)
@@ -255,7 +308,7 @@ def test_oversized_inputs_are_refused_before_upload(standin: StandinProcess, fil
     assert_serves_next_job(worker)
 
 
-# --- bad workflows -----------------------------------------------------------------------------------------------------
+# --- bad workflows ----------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -266,15 +319,33 @@ def test_oversized_inputs_are_refused_before_upload(standin: StandinProcess, fil
         ({"workflo": {}}, "invalid_input", 'Perhaps you meant "workflow"'),
         ({"workflow": {"nodes": [], "links": []}}, "invalid_workflow", "UI (graph) format"),
         ({"workflow": {"1": {"inputs": {}}}}, "invalid_workflow", "class_type"),
-        ({"workflow": {"1": {"class_type": "SaveImage", "inputs": {"images": ["9", 0]}}}}, "invalid_workflow",
-         "not in the workflow"),
+        (
+            {"workflow": {"1": {"class_type": "SaveImage", "inputs": {"images": ["9", 0]}}}},
+            "invalid_workflow",
+            "not in the workflow",
+        ),
         ({"workflow": {}}, "invalid_workflow", "empty"),
-        ({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "images": [{"name": "../x.png", "image": "AA=="}]},
-         "invalid_input", "plain file name"),
-        ({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "images": [{"name": "x.png", "image": "@@@"}]},
-         "invalid_input", "not valid base64"),
-        ({"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "timeout_s": 10**9}, "invalid_input",
-         "over this worker's limit"),
+        (
+            {
+                "workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}},
+                "images": [{"name": "../x.png", "image": "AA=="}],
+            },
+            "invalid_input",
+            "plain file name",
+        ),
+        (
+            {
+                "workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}},
+                "images": [{"name": "x.png", "image": "@@@"}],
+            },
+            "invalid_input",
+            "not valid base64",
+        ),
+        (
+            {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "timeout_s": 10**9},
+            "invalid_input",
+            "over this worker's limit",
+        ),
     ],
 )
 def test_malformed_input_gets_a_clear_error(worker: Worker, job_input: Any, code: str, needle: str) -> None:
@@ -285,8 +356,10 @@ def test_malformed_input_gets_a_clear_error(worker: Worker, job_input: Any, code
 
 
 def test_comfy_validation_errors_are_passed_on(worker: Worker) -> None:
-    workflow = {"1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["2", 0]}},
-                "2": {"class_type": "EmptyImage", "inputs": {"height": 4, "batch_size": 1, "color": 0}}}
+    workflow = {
+        "1": {"class_type": "SaveImage", "inputs": {"filename_prefix": "x", "images": ["2", 0]}},
+        "2": {"class_type": "EmptyImage", "inputs": {"height": 4, "batch_size": 1, "color": 0}},
+    }
     answer = worker.run(job(workflow))
     assert answer["details"]["code"] == "workflow_validation_failed"
     assert "Required input is missing" in answer["error"] and "width" in answer["error"]
@@ -321,8 +394,10 @@ def test_missing_model_file_names_file_folder_and_what_is_there(worker: Worker, 
     assert str(standin.models) in answer["details"]["fix"]
     # An input not in model_inputs.toml is still recognised, its folder read from the node's tooltip.
     workflow = save_image()
-    workflow["4"] = {"class_type": "WanVideoModelLoader",
-                     "inputs": {"model": "WanVideo/SteadyDancer/nope.safetensors", "base_precision": "bf16"}}
+    workflow["4"] = {
+        "class_type": "WanVideoModelLoader",
+        "inputs": {"model": "WanVideo/SteadyDancer/nope.safetensors", "base_precision": "bf16"},
+    }
     answer = worker.run(job(workflow))
     assert answer["details"]["missing"][0]["folder"] == "diffusion_models"
     assert_serves_next_job(worker)
@@ -388,8 +463,15 @@ def test_comfy_crash_mid_job_is_reported_and_the_worker_serves_the_restarted_com
 
 def test_comfy_that_never_comes_up_is_a_clear_error(tmp_path: Path) -> None:
     port = free_port()
-    worker = Worker(config.load({"WORKER_COMFY_URL": f"http://127.0.0.1:{port}", "WORKER_READY_TIMEOUT_S": "1",
-                                 "COMFY_PID_FILE": str(tmp_path / "none.pid")}))
+    worker = Worker(
+        config.load(
+            {
+                "WORKER_COMFY_URL": f"http://127.0.0.1:{port}",
+                "WORKER_READY_TIMEOUT_S": "1",
+                "COMFY_PID_FILE": str(tmp_path / "none.pid"),
+            }
+        )
+    )
     answer = worker.run(job(save_image()))
     assert answer["details"]["code"] == "comfy_unavailable"
     assert "did not answer within 1 s" in answer["error"]
@@ -410,7 +492,10 @@ def run_local(server: StandinProcess, job_input: dict[str, Any]) -> subprocess.C
     env.pop("RUNPOD_WEBHOOK_GET_JOB", None)  # local mode
     return subprocess.run(
         [sys.executable, "-m", "comfy_worker", "--test_input", json.dumps({"input": job_input})],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -37,18 +37,21 @@ from comfy_worker.follower import Follower  # noqa: E402
 from comfy_worker.upload import Base64Sink, S3Sink, sink_for  # noqa: E402
 
 LIMITS = {"max_timeout_s": 600.0, "max_input_bytes": 1000, "max_total_input_bytes": 1500}
-WORKFLOW = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
-            "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}
+WORKFLOW = {
+    "1": {"class_type": "EmptyImage", "inputs": {"width": 8}},
+    "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+}
 
 
-# --- config ------------------------------------------------------------------------------------------------------------
+# --- config -----------------------------------------------------------------------------------------------------------
 
 
 def test_config_defaults_then_environment() -> None:
     cfg = config.load({})
     assert cfg.comfy_url == "http://127.0.0.1:8188" and cfg.max_response_bytes == 20_000_000 and cfg.s3 is None
-    cfg = config.load({"COMFY_PORT": "9000", "WORKER_JOB_TIMEOUT_S": "60", "WORKER_DELETE_OUTPUTS": "0",
-                       "WORKER_MAX_INPUT_MB": "2.5"})
+    cfg = config.load(
+        {"COMFY_PORT": "9000", "WORKER_JOB_TIMEOUT_S": "60", "WORKER_DELETE_OUTPUTS": "0", "WORKER_MAX_INPUT_MB": "2.5"}
+    )
     assert cfg.comfy_url == "http://127.0.0.1:9000" and cfg.job_timeout_s == 60
     assert cfg.delete_outputs is False and cfg.max_input_bytes == 2_500_000
 
@@ -71,19 +74,31 @@ def test_config_errors_say_what_to_set(env: dict[str, str], needle: str) -> None
 
 
 def test_s3_settings_need_all_three_keys() -> None:
-    cfg = config.load({"BUCKET_ENDPOINT_URL": "https://s3.example", "BUCKET_ACCESS_KEY_ID": "id",
-                       "BUCKET_SECRET_ACCESS_KEY": "secret", "BUCKET_NAME": "outputs"})
+    cfg = config.load(
+        {
+            "BUCKET_ENDPOINT_URL": "https://s3.example",
+            "BUCKET_ACCESS_KEY_ID": "id",
+            "BUCKET_SECRET_ACCESS_KEY": "secret",
+            "BUCKET_NAME": "outputs",
+        }
+    )
     assert cfg.s3 is not None and cfg.s3.bucket_name == "outputs"
     assert cfg.s3.creds() == {"endpointUrl": "https://s3.example", "accessId": "id", "accessSecret": "secret"}
     assert "secret" not in repr(cfg)
 
 
-# --- job input ---------------------------------------------------------------------------------------------------------
+# --- job input --------------------------------------------------------------------------------------------------------
 
 
 def test_job_input_accepts_a_json_string_and_both_file_lists() -> None:
-    raw = json.dumps({"workflow": WORKFLOW, "images": [{"name": "a.png", "image": base64.b64encode(b"x" * 9).decode()}],
-                      "files": [{"name": "b.mp4", "url": "https://example.com/b.mp4"}], "timeout_s": 30})
+    raw = json.dumps(
+        {
+            "workflow": WORKFLOW,
+            "images": [{"name": "a.png", "image": base64.b64encode(b"x" * 9).decode()}],
+            "files": [{"name": "b.mp4", "url": "https://example.com/b.mp4"}],
+            "timeout_s": 30,
+        }
+    )
     job = validation.parse_job(raw, **LIMITS)
     assert [f.name for f in job.files] == ["a.png", "b.mp4"] and [f.source for f in job.files] == ["base64", "url"]
     assert job.timeout_s == 30 and job.include_temp is False
@@ -93,13 +108,19 @@ def test_job_input_accepts_a_json_string_and_both_file_lists() -> None:
     ("raw", "error", "needle"),
     [
         ({"workflow": WORKFLOW, "images": [{"name": "a.png"}]}, InputError, "exactly one of image"),
-        ({"workflow": WORKFLOW, "images": [{"name": "a.png", "image": "QQ==", "url": "https://x"}]}, InputError,
-         "exactly one"),
+        (
+            {"workflow": WORKFLOW, "images": [{"name": "a.png", "image": "QQ==", "url": "https://x"}]},
+            InputError,
+            "exactly one",
+        ),
         ({"workflow": WORKFLOW, "images": [{"name": "a.png", "img": "QQ=="}]}, InputError, 'Perhaps you meant "image"'),
         ({"workflow": WORKFLOW, "images": [{"name": "sub/a.png", "image": "QQ=="}]}, InputError, "plain file name"),
         ({"workflow": WORKFLOW, "files": [{"name": "a.mp4", "url": "file:///etc/passwd"}]}, InputError, "http(s)"),
-        ({"workflow": WORKFLOW, "images": [{"name": "a.png", "image": "QQ=="}, {"name": "a.png", "image": "QQ=="}]},
-         InputError, "given twice"),
+        (
+            {"workflow": WORKFLOW, "images": [{"name": "a.png", "image": "QQ=="}, {"name": "a.png", "image": "QQ=="}]},
+            InputError,
+            "given twice",
+        ),
         ({"workflow": WORKFLOW, "images": {"name": "a.png"}}, InputError, "must be a list"),
         ({"workflow": WORKFLOW, "include_temp": "yes"}, InputError, "true or false"),
         ({"workflow": WORKFLOW, "timeout_s": -1}, InputError, "positive number"),
@@ -121,13 +142,15 @@ def test_base64_size_is_known_without_decoding() -> None:
         assert validation.decoded_size("data:image/png;base64," + text) == n
 
 
-# --- graph ---------------------------------------------------------------------------------------------------------------
+# --- graph ------------------------------------------------------------------------------------------------------------
 
 OBJECT_INFO = {
     "EmptyImage": {"input": {"required": {}}},
     "SaveImage": {"input": {"required": {}}},
     "VAELoader": {"input": {"required": {"vae_name": [["a.safetensors"]]}}},
-    "CustomLoader": {"input": {"required": {"ckpt": [["x.pth"], {"tooltip": "loaded from 'ComfyUI/models/upscale_models'"}]}}},
+    "CustomLoader": {
+        "input": {"required": {"ckpt": [["x.pth"], {"tooltip": "loaded from 'ComfyUI/models/upscale_models'"}]}}
+    },
 }
 
 
@@ -142,14 +165,32 @@ def test_unknown_node_classes_with_suggestions() -> None:
 
 def real_rejection(node_id: str, class_type: str, name: str, value: str) -> dict[str, Any]:
     """/prompt's 400 answer for a missing file, as ComfyUI (a125cd84) sent it in this session's probe."""
-    return {"error": {"type": "prompt_outputs_failed_validation", "message": "Prompt outputs failed validation",
-                      "details": "", "extra_info": {}},
-            "node_errors": {node_id: {"errors": [{"type": "value_not_in_list", "message": "Value not in list",
-                                                  "details": f"{name}: '{value}' not in ['pixel_space']",
-                                                  "extra_info": {"input_name": name,
-                                                                 "input_config": [["pixel_space"], {}],
-                                                                 "received_value": value}}],
-                                      "dependent_outputs": ["4"], "class_type": class_type}}}
+    return {
+        "error": {
+            "type": "prompt_outputs_failed_validation",
+            "message": "Prompt outputs failed validation",
+            "details": "",
+            "extra_info": {},
+        },
+        "node_errors": {
+            node_id: {
+                "errors": [
+                    {
+                        "type": "value_not_in_list",
+                        "message": "Value not in list",
+                        "details": f"{name}: '{value}' not in ['pixel_space']",
+                        "extra_info": {
+                            "input_name": name,
+                            "input_config": [["pixel_space"], {}],
+                            "received_value": value,
+                        },
+                    }
+                ],
+                "dependent_outputs": ["4"],
+                "class_type": class_type,
+            }
+        },
+    }
 
 
 def test_missing_model_from_comfys_own_validation_answer() -> None:
@@ -159,8 +200,13 @@ def test_missing_model_from_comfys_own_validation_answer() -> None:
         listed.append(folder)
         return ["wan_2.1_vae.safetensors", "wanvideo/Wan2_1_VAE_bf16.safetensors"]
 
-    err = graph.explain_rejection(real_rejection("1", "VAELoader", "vae_name", "wanvideo/Wan2_1_VAE_fp32.safetensors"),
-                                  {}, OBJECT_INFO, list_models=list_models, models_dir="/runpod-volume/models")
+    err = graph.explain_rejection(
+        real_rejection("1", "VAELoader", "vae_name", "wanvideo/Wan2_1_VAE_fp32.safetensors"),
+        {},
+        OBJECT_INFO,
+        list_models=list_models,
+        models_dir="/runpod-volume/models",
+    )
     assert isinstance(err, MissingModelError) and listed == ["vae"]
     assert err.what.startswith("Model file missing: 'wanvideo/Wan2_1_VAE_fp32.safetensors' (node 1 VAELoader")
     assert "'vae' models folder" in err.what and "/runpod-volume/models/<folder>/" in (err.fix or "")
@@ -168,24 +214,48 @@ def test_missing_model_from_comfys_own_validation_answer() -> None:
 
 
 def test_missing_model_folder_from_tooltip_and_unknown_folder() -> None:
-    err = graph.explain_rejection(real_rejection("3", "CustomLoader", "ckpt", "y.pth"), {}, OBJECT_INFO,
-                                  list_models=lambda f: [], models_dir=None, model_inputs={})
+    err = graph.explain_rejection(
+        real_rejection("3", "CustomLoader", "ckpt", "y.pth"),
+        {},
+        OBJECT_INFO,
+        list_models=lambda f: [],
+        models_dir=None,
+        model_inputs={},
+    )
     assert isinstance(err, MissingModelError) and err.details["missing"][0]["folder"] == "upscale_models"
-    err = graph.explain_rejection(real_rejection("3", "Other", "file", "z.safetensors"), {}, OBJECT_INFO,
-                                  list_models=lambda f: [], models_dir=None, model_inputs={})
+    err = graph.explain_rejection(
+        real_rejection("3", "Other", "file", "z.safetensors"),
+        {},
+        OBJECT_INFO,
+        list_models=lambda f: [],
+        models_dir=None,
+        model_inputs={},
+    )
     assert isinstance(err, MissingModelError) and err.details["missing"][0]["folder"] is None
     assert "the models folder that node reads" in err.what
 
 
 def test_other_rejections_keep_comfys_words() -> None:
     body = real_rejection("2", "EmptyImage", "width", "wide")
-    body["node_errors"]["2"]["errors"][0].update(type="invalid_input_type",
-                                                 message="Failed to convert an input value to a INT value")
+    body["node_errors"]["2"]["errors"][0].update(
+        type="invalid_input_type", message="Failed to convert an input value to a INT value"
+    )
     err = graph.explain_rejection(body, {}, OBJECT_INFO, list_models=lambda f: [], models_dir=None)
     assert isinstance(err, PromptValidationError) and "Failed to convert" in err.what and "node 2" in err.what
-    err = graph.explain_rejection({"error": {"type": "invalid_prompt", "message": "Cannot execute because node X "
-                                             "does not exist.", "details": "Node ID '#1'"}, "node_errors": {}},
-                                  {}, OBJECT_INFO, list_models=lambda f: [], models_dir=None)
+    err = graph.explain_rejection(
+        {
+            "error": {
+                "type": "invalid_prompt",
+                "message": "Cannot execute because node X does not exist.",
+                "details": "Node ID '#1'",
+            },
+            "node_errors": {},
+        },
+        {},
+        OBJECT_INFO,
+        list_models=lambda f: [],
+        models_dir=None,
+    )
     assert isinstance(err, PromptValidationError) and "node X does not exist" in err.what
 
 
@@ -200,10 +270,24 @@ def test_model_inputs_data_file_is_well_formed() -> None:
 HISTORY_OUTPUTS = {
     "9": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]},
     "10": {"images": [{"filename": "p.png", "subfolder": "", "type": "temp"}]},
-    "83": {"gifs": [{"filename": "v.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4",
-                     "frame_rate": 16.0, "workflow": "v.png", "fullpath": "/opt/ComfyUI/output/v.mp4"}]},
-    "12": {"audio": [{"filename": "s.flac", "subfolder": "x", "type": "output"}], "text": ["hello"],
-           "animated": [True]},
+    "83": {
+        "gifs": [
+            {
+                "filename": "v.mp4",
+                "subfolder": "",
+                "type": "output",
+                "format": "video/h264-mp4",
+                "frame_rate": 16.0,
+                "workflow": "v.png",
+                "fullpath": "/opt/ComfyUI/output/v.mp4",
+            }
+        ]
+    },
+    "12": {
+        "audio": [{"filename": "s.flac", "subfolder": "x", "type": "output"}],
+        "text": ["hello"],
+        "animated": [True],
+    },
     "13": {"images": [{"filename": "a.png", "subfolder": "", "type": "output"}]},  # the same file twice
     "14": {"3d": [{"filename": "m.glb", "subfolder": "", "type": "output"}]},
 }
@@ -233,8 +317,13 @@ def test_base64_sink_has_a_budget() -> None:
 
 
 def test_s3_sink_uploads_with_the_right_content_type() -> None:
-    cfg = config.load({"BUCKET_ENDPOINT_URL": "https://s3.example", "BUCKET_ACCESS_KEY_ID": "id",
-                       "BUCKET_SECRET_ACCESS_KEY": "secret"})
+    cfg = config.load(
+        {
+            "BUCKET_ENDPOINT_URL": "https://s3.example",
+            "BUCKET_ACCESS_KEY_ID": "id",
+            "BUCKET_SECRET_ACCESS_KEY": "secret",
+        }
+    )
     assert cfg.s3 is not None and isinstance(sink_for(cfg.s3, 1), S3Sink)
     calls: list[dict[str, Any]] = []
 
@@ -280,8 +369,15 @@ class FakeSocket:
 
 
 class FakeClient:
-    def __init__(self, *, history: list[dict[str, Any] | None] | None = None, pids: list[int | None] | None = None,
-                 up: bool = True, queued: bool = True, alive: bool | None = True) -> None:
+    def __init__(
+        self,
+        *,
+        history: list[dict[str, Any] | None] | None = None,
+        pids: list[int | None] | None = None,
+        up: bool = True,
+        queued: bool = True,
+        alive: bool | None = True,
+    ) -> None:
         self.histories = list(history or [None])
         self.pids = list(pids or [100])
         self.up, self.queued, self.alive = up, queued, alive
@@ -319,8 +415,9 @@ def follower(client: FakeClient, sockets: list[FakeSocket], clock: list[float] |
     def sleep(seconds: float) -> None:
         now[0] += seconds
 
-    f = Follower(client, reconnects=3, reconnect_delay_s=1.0, poll_s=1.0, connect_fn=connect, sleep=sleep,
-                 clock=lambda: now[0])
+    f = Follower(
+        client, reconnects=3, reconnect_delay_s=1.0, poll_s=1.0, connect_fn=connect, sleep=sleep, clock=lambda: now[0]
+    )
     f.open("cid")
     return f
 
@@ -332,19 +429,45 @@ def event(kind: str, **data: Any) -> dict[str, Any]:
 def test_follow_to_the_end_over_the_websocket() -> None:
     client = FakeClient(history=[None, DONE])
     seen: list[str] = []
-    f = follower(client, [FakeSocket([b"\x00\x01preview", {"type": "status", "data": {}},
-                                      event("executing", node="1"), event("progress", node="1", value=1, max=2),
-                                      event("executing", node="1", prompt_id="other"),
-                                      event("execution_success"), event("executing", node=None)])])
+    f = follower(
+        client,
+        [
+            FakeSocket(
+                [
+                    b"\x00\x01preview",
+                    {"type": "status", "data": {}},
+                    event("executing", node="1"),
+                    event("progress", node="1", value=1, max=2),
+                    event("executing", node="1", prompt_id="other"),
+                    event("execution_success"),
+                    event("executing", node=None),
+                ]
+            )
+        ],
+    )
     f.on_event = lambda kind, data: seen.append(kind)
     assert f.follow("p", deadline=100) is DONE
     assert seen == ["status", "executing", "progress", "execution_success", "executing"]
 
 
 def test_follow_raises_execution_errors_and_interrupts() -> None:
-    f = follower(FakeClient(), [FakeSocket([event("execution_error", node_id="5", node_type="KSampler",
-                                                  exception_type="RuntimeError", exception_message="bad shape",
-                                                  traceback=["line"])])])
+    f = follower(
+        FakeClient(),
+        [
+            FakeSocket(
+                [
+                    event(
+                        "execution_error",
+                        node_id="5",
+                        node_type="KSampler",
+                        exception_type="RuntimeError",
+                        exception_message="bad shape",
+                        traceback=["line"],
+                    )
+                ]
+            )
+        ],
+    )
     with pytest.raises(ExecutionError) as e:
         f.follow("p", deadline=100)
     assert "node 5 (KSampler) failed: RuntimeError: bad shape" in e.value.what
@@ -365,8 +488,10 @@ def test_drop_then_reconnect_finds_the_finished_prompt() -> None:
 
 
 def test_drop_and_comfy_back_without_the_prompt_is_a_crash() -> None:
-    f = follower(FakeClient(history=[None], queued=False),
-                 [FakeSocket([websocket.WebSocketConnectionClosedException("gone")]), FakeSocket([])])
+    f = follower(
+        FakeClient(history=[None], queued=False),
+        [FakeSocket([websocket.WebSocketConnectionClosedException("gone")]), FakeSocket([])],
+    )
     with pytest.raises(ComfyCrashedError) as e:
         f.follow("p", deadline=100)
     assert "neither queued" in e.value.what

@@ -35,8 +35,11 @@ class cuda:
     synchronize = staticmethod(lambda: None)
 """
 GOOD_FLASH = {"flash_attn/__init__.py": '__version__ = "2.7.4.post1"\ndef flash_attn_func(q, k, v): return q\n'}
-GOOD_MMCV = {"mmcv/__init__.py": '__version__ = "2.1.0"\n', "mmcv/_ext.py": "",
-             "mmcv/ops.py": "def nms(boxes, scores, thr): return boxes\n"}
+GOOD_MMCV = {
+    "mmcv/__init__.py": '__version__ = "2.1.0"\n',
+    "mmcv/_ext.py": "",
+    "mmcv/ops.py": "def nms(boxes, scores, thr): return boxes\n",
+}
 
 
 def run(tmp_path: Path, files: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,8 +48,9 @@ def run(tmp_path: Path, files: dict[str, str], *args: str) -> subprocess.Complet
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(textwrap.dedent(text))
     env = {"PATH": os.environ["PATH"], "PYTHONPATH": f"{tmp_path}{os.pathsep}{RUNTIME}"}
-    return subprocess.run([sys.executable, "-m", "comfy_worker.preflight", *args], env=env, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "comfy_worker.preflight", *args], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_a_good_machine_passes(tmp_path: Path) -> None:
@@ -64,21 +68,40 @@ def test_a_good_machine_passes(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("files", "needles"),
     [
-        ({"torch/__init__.py": "raise ImportError('libcudart.so.12: cannot open shared object file')"},
-         ["FAILED: torch does not import", "libcudart.so.12", "rebuild the image"]),
-        ({"torch/__init__.py": GOOD_TORCH.replace('cuda = "12.4"', "cuda = None")},
-         ["FAILED: torch 2.5.1+cu124 is a CPU-only build", "SKIP_GPU_PREFLIGHT=1"]),
-        ({"torch/__init__.py": GOOD_TORCH.replace("lambda: 1)", "lambda: 0)")},
-         ["FAILED: CUDA is not usable: RuntimeError: torch sees no CUDA device", "Why: GPU device nodes:",
-          "driver >= 550 for CUDA 12.4"]),
-        ({"torch/__init__.py": GOOD_TORCH},
-         ["FAILED: flash_attn does not import: ModuleNotFoundError", "nox -s wheels -- flash-attn"]),
-        ({"torch/__init__.py": GOOD_TORCH, "flash_attn/__init__.py": (
-            '__version__ = "2.7.4.post1"\n'
-            "def flash_attn_func(q, k, v): raise RuntimeError('CUDA error: no kernel image is available')\n")},
-         ["cannot run on this GPU (sm_90): CUDA error: no kernel image", "cuda-archs"]),
-        ({"torch/__init__.py": GOOD_TORCH, **GOOD_FLASH, "mmcv/__init__.py": '__version__ = "2.1.0"\n'},
-         ["FAILED: mmcv's compiled ops (mmcv._ext) do not import", "mmcv-lite", "nox -s wheels -- mmcv"]),
+        (
+            {"torch/__init__.py": "raise ImportError('libcudart.so.12: cannot open shared object file')"},
+            ["FAILED: torch does not import", "libcudart.so.12", "rebuild the image"],
+        ),
+        (
+            {"torch/__init__.py": GOOD_TORCH.replace('cuda = "12.4"', "cuda = None")},
+            ["FAILED: torch 2.5.1+cu124 is a CPU-only build", "SKIP_GPU_PREFLIGHT=1"],
+        ),
+        (
+            {"torch/__init__.py": GOOD_TORCH.replace("lambda: 1)", "lambda: 0)")},
+            [
+                "FAILED: CUDA is not usable: RuntimeError: torch sees no CUDA device",
+                "Why: GPU device nodes:",
+                "driver >= 550 for CUDA 12.4",
+            ],
+        ),
+        (
+            {"torch/__init__.py": GOOD_TORCH},
+            ["FAILED: flash_attn does not import: ModuleNotFoundError", "nox -s wheels -- flash-attn"],
+        ),
+        (
+            {
+                "torch/__init__.py": GOOD_TORCH,
+                "flash_attn/__init__.py": (
+                    '__version__ = "2.7.4.post1"\n'
+                    "def flash_attn_func(q, k, v): raise RuntimeError('CUDA error: no kernel image is available')\n"
+                ),
+            },
+            ["cannot run on this GPU (sm_90): CUDA error: no kernel image", "cuda-archs"],
+        ),
+        (
+            {"torch/__init__.py": GOOD_TORCH, **GOOD_FLASH, "mmcv/__init__.py": '__version__ = "2.1.0"\n'},
+            ["FAILED: mmcv's compiled ops (mmcv._ext) do not import", "mmcv-lite", "nox -s wheels -- mmcv"],
+        ),
     ],
 )
 def test_each_failure_says_what_to_do(tmp_path: Path, files: dict[str, str], needles: list[str]) -> None:

@@ -33,8 +33,10 @@ if os.environ.get("STUB_STAY"):
 """
 
 # What torch 2.5.1 raises on a machine without an NVIDIA driver (this machine): the message users will see.
-NO_DRIVER = ("Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver "
-             "from http://www.nvidia.com/Download/index.aspx")
+NO_DRIVER = (
+    "Found no NVIDIA driver on your system. Please check that you have an NVIDIA GPU and installed a driver "
+    "from http://www.nvidia.com/Download/index.aspx"
+)
 
 
 @pytest.fixture
@@ -42,14 +44,22 @@ def box(tmp_path: Path) -> dict[str, Path]:
     comfy = tmp_path / "ComfyUI"
     comfy.mkdir()
     (comfy / "main.py").write_text(STUB_MAIN)
-    paths = {"root": tmp_path, "comfy": comfy, "workspace": tmp_path / "workspace",
-             "runpod_volume": tmp_path / "runpod-volume", "state": tmp_path / "state",
-             "record": tmp_path / "record.jsonl", "stubs": tmp_path / "stubs"}
+    paths = {
+        "root": tmp_path,
+        "comfy": comfy,
+        "workspace": tmp_path / "workspace",
+        "runpod_volume": tmp_path / "runpod-volume",
+        "state": tmp_path / "state",
+        "record": tmp_path / "record.jsonl",
+        "stubs": tmp_path / "stubs",
+    }
     paths["stubs"].mkdir()
     return paths
 
 
-def run_start(box: dict[str, Path], env: dict[str, str], *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_start(
+    box: dict[str, Path], env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     base = {
         "PATH": os.environ["PATH"],
         "HOME": str(box["root"]),
@@ -63,8 +73,14 @@ def run_start(box: dict[str, Path], env: dict[str, str], *args: str, timeout: fl
         "SKIP_GPU_PREFLIGHT": "1",
         "PYTHONPATH": str(box["stubs"]),
     }
-    return subprocess.run(["bash", str(START), *args], env={**base, **env}, capture_output=True, text=True,
-                          timeout=timeout, cwd=box["root"])
+    return subprocess.run(
+        ["bash", str(START), *args],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=box["root"],
+    )
 
 
 def records(box: dict[str, Path]) -> list[dict[str, Any]]:
@@ -127,8 +143,9 @@ def test_serverless_mode_from_the_endpoint_id_uses_the_runpod_volume(box: dict[s
     assert rec["env"]["MODELS_DEST"] == str(box["runpod_volume"] / "models")
     assert rec["env"]["COMFY_OUTPUT_DIR"] == str(box["comfy"] / "output")
     pid = int((box["root"] / "comfyui.pid").read_text())
-    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), \
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower(), (
         "ComfyUI was left running"
+    )
 
 
 def test_mode_setting_wins_and_is_checked(box: dict[str, Path]) -> None:
@@ -156,8 +173,15 @@ def test_explicit_settings_and_a_legacy_volume_layout(box: dict[str, Path]) -> N
     volume = box["root"] / "mnt"
     (volume / "ComfyUI/models/vae").mkdir(parents=True)
     models = box["root"] / "elsewhere"
-    done = run_start(box, {"VOLUME_ROOT": str(volume), "MODELS_DEST": str(models),
-                           "AUX_ANNOTATOR_CKPTS_PATH": "/opt/aux", "COMFY_PORT": "9999"})
+    done = run_start(
+        box,
+        {
+            "VOLUME_ROOT": str(volume),
+            "MODELS_DEST": str(models),
+            "AUX_ANNOTATOR_CKPTS_PATH": "/opt/aux",
+            "COMFY_PORT": "9999",
+        },
+    )
     assert done.returncode == 0, done.stdout
     rec = records(box)[0]
     assert rec["env"]["MODELS_DEST"] == str(models) and rec["env"]["AUX_ANNOTATOR_CKPTS_PATH"] == "/opt/aux"
@@ -184,13 +208,15 @@ def write_models_stub(box: dict[str, Path], status: int) -> None:
     pkg = box["stubs"] / "models"
     pkg.mkdir(exist_ok=True)
     (pkg / "__init__.py").write_text("")
-    (pkg / "__main__.py").write_text(textwrap.dedent(f"""\
+    (pkg / "__main__.py").write_text(
+        textwrap.dedent(f"""\
         import json, os, sys
         with open(os.environ["STUB_RECORD"], "a") as f:
             f.write(json.dumps({{"models_argv": sys.argv[1:], "variants": os.environ.get("MODELS_VARIANTS")}}) + "\\n")
         print("fetched 0 files, 9 already verified" if {status} == 0 else "error: the hub answered 401")
         sys.exit({status})
-        """))
+        """)
+    )
 
 
 def test_models_are_fetched_when_variants_are_asked_for(box: dict[str, Path]) -> None:
@@ -223,7 +249,9 @@ def write_torch_stub(box: dict[str, Path], body: str) -> None:
 
 
 def test_preflight_failure_without_cuda_stops_the_start(box: dict[str, Path]) -> None:
-    write_torch_stub(box, f"""\
+    write_torch_stub(
+        box,
+        f"""\
         __version__ = "2.5.1+cu124"
         class version:
             cuda = "12.4"
@@ -231,7 +259,8 @@ def test_preflight_failure_without_cuda_stops_the_start(box: dict[str, Path]) ->
             @staticmethod
             def init():
                 raise RuntimeError({NO_DRIVER!r})
-        """)
+        """,
+    )
     done = run_start(box, {"SKIP_GPU_PREFLIGHT": "0"})
     out = done.stdout
     assert done.returncode == 12, out
