@@ -21,6 +21,8 @@ ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
 PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
+# What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
+RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -41,5 +43,5 @@ def wheels(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *RUNTIME, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
