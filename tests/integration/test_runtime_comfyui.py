@@ -276,3 +276,59 @@ def test_runpod_local_test_mode_against_real_comfyui(comfy: dict[str, Any]) -> N
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
     assert "completed successfully" in log and "output smoke/core_" in log
+
+
+@pytest.mark.local_only
+@pytest.mark.timeout(900)
+def test_start_script_serverless_with_real_comfyui(comfy: dict[str, Any], torch_env: PythonEnv, tmp_path: Path) -> None:
+    """The image's smoke test, outside the image: start.sh in serverless mode starts the real ComfyUI on a CPU and
+    the handler runs the core workflow through `--test_input`; with the preflight on, it stops at CUDA."""
+    torch_env.install(["runpod", "websocket-client", "requests"], what="the handler's dependencies")
+    source = Path(os.environ["COMFYUI_SOURCE"]).resolve()
+    volume = tmp_path / "runpod-volume"
+    (volume / "models" / "vae").mkdir(parents=True)
+    dirs = {name: tmp_path / name for name in ("input", "output", "temp", "user")}
+    for d in dirs.values():
+        d.mkdir()
+    comfy_args = f"--cpu --temp-directory {dirs['temp']}"
+    if "--database-url" in (source / "comfy" / "cli_args.py").read_text():
+        comfy_args += " --database-url sqlite:///:memory:"
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHON": str(torch_env.python),
+        "COMFYUI_DIR": str(source),
+        "RUNPOD_MODE": "serverless",
+        "SERVERLESS_VOLUME": str(volume),
+        "POD_VOLUME": str(tmp_path / "no-workspace"),
+        "RUNTIME_STATE_DIR": str(tmp_path / "state"),
+        "COMFY_PID_FILE": str(tmp_path / "comfyui.pid"),
+        "COMFY_PORT": str(free_port()),
+        "COMFY_ARGS": comfy_args,
+        "COMFY_INPUT_DIR": str(dirs["input"]),
+        "COMFY_OUTPUT_DIR": str(dirs["output"]),
+        "COMFY_USER_DIR": str(dirs["user"]),
+        "SKIP_GPU_PREFLIGHT": "1",
+    }
+    workflow = json.loads((WORKFLOWS / "core_smoke_api.json").read_text())
+    test_input = json.dumps({"input": {"workflow": workflow}})
+    start = REPO / "image" / "runtime" / "start.sh"
+    done = subprocess.run(
+        ["bash", str(start), "--test_input", test_input], env=env, capture_output=True, text=True, timeout=600
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    assert "[comfyui] " in out and "completed successfully" in out and "output smoke/core_" in out
+    assert "[start] the handler exited with status 0; stopping ComfyUI" in out
+    pid = int((tmp_path / "comfyui.pid").read_text())
+    assert not Path(f"/proc/{pid}").exists(), "ComfyUI was left running"
+
+    done = subprocess.run(
+        ["bash", str(start), "--test_input", test_input],
+        env={**env, "SKIP_GPU_PREFLIGHT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 12, done.stdout
+    assert f"[preflight] FAILED: CUDA is not usable: RuntimeError: {NO_DRIVER}" in done.stdout
