@@ -91,14 +91,29 @@ else
   MODELS_DEST="${MODELS_DEST:-$COMFYUI_DIR/models}"
 fi
 export MODELS_DEST
-# comfyui_controlnet_aux (DWPose) reads its checkpoints from $AUX_ANNOTATOR_CKPTS_PATH/<repo>/<file>.
-export AUX_ANNOTATOR_CKPTS_PATH="${AUX_ANNOTATOR_CKPTS_PATH:-$MODELS_DEST/annotators}"
+baked="${BAKED_MODELS_DIR:-}"
+[[ -n $baked && -d $baked && $baked != "$MODELS_DEST" ]] || baked=""
+
+# comfyui_controlnet_aux (DWPose) reads its checkpoints from $AUX_ANNOTATOR_CKPTS_PATH/<repo>/<file>: the volume's
+# annotators, or the image's baked ones when the volume has none.
+if [[ -z ${AUX_ANNOTATOR_CKPTS_PATH:-} ]]; then
+  AUX_ANNOTATOR_CKPTS_PATH="$MODELS_DEST/annotators"
+  if [[ -n $baked && -d $baked/annotators ]] && ! compgen -G "$MODELS_DEST/annotators/*" >/dev/null; then
+    AUX_ANNOTATOR_CKPTS_PATH="$baked/annotators"
+  fi
+fi
+export AUX_ANNOTATOR_CKPTS_PATH
 
 model_roots=(--models-dir "$MODELS_DEST")
 # Volumes made for other ComfyUI templates keep models in <volume>/ComfyUI/models: read those too, after ours.
 if [[ -n $volume && -d $volume/ComfyUI/models && $volume/ComfyUI/models != "$MODELS_DEST" ]]; then
   model_roots+=(--models-dir "$volume/ComfyUI/models")
   log "also reading models from $volume/ComfyUI/models"
+fi
+# Models baked into the image at build time (BAKE_MODELS): read last, so the volume's copy of a file wins.
+if [[ -n $baked ]]; then
+  model_roots+=(--models-dir "$baked")
+  log "also reading the image's baked models from $baked"
 fi
 extra_paths="$RUNTIME_STATE_DIR/extra_model_paths.yaml"
 mkdir -p "$RUNTIME_STATE_DIR"

@@ -271,3 +271,19 @@ def test_preflight_failure_without_cuda_stops_the_start(box: dict[str, Path]) ->
     assert "SKIP_GPU_PREFLIGHT=1" in out
     assert "[start] error: the GPU preflight failed" in out
     assert not records(box)
+
+
+def test_models_baked_into_the_image_are_read_after_the_volume(box: dict[str, Path]) -> None:
+    box["workspace"].mkdir()
+    baked = box["root"] / "opt-models"
+    (baked / "annotators" / "yzd-v" / "DWPose").mkdir(parents=True)
+    done = run_start(box, {"BAKED_MODELS_DIR": str(baked)})
+    assert done.returncode == 0, done.stdout
+    rec = records(box)[0]
+    config = yaml.safe_load(Path(arg(rec["argv"], "--extra-model-paths-config") or "").read_text())
+    assert [s["base_path"] for s in config.values()] == [str(box["workspace"] / "models"), str(baked)]
+    # The volume has no annotators yet: DWPose reads the baked ones.
+    assert rec["env"]["AUX_ANNOTATOR_CKPTS_PATH"] == str(baked / "annotators")
+    (box["workspace"] / "models/annotators/yzd-v").mkdir(parents=True, exist_ok=True)
+    done = run_start(box, {"BAKED_MODELS_DIR": str(baked)})
+    assert records(box)[1]["env"]["AUX_ANNOTATOR_CKPTS_PATH"] == str(box["workspace"] / "models/annotators")
