@@ -25,6 +25,8 @@ CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 PIPELINE = ("packaging", "psutil", "pyelftools")
 # What the models downloader imports (it also runs inside the image, without the pipeline).
 MODELS = ("huggingface_hub", "tqdm")
+# What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
+RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -52,7 +54,7 @@ def models(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *MODELS, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 
