@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +26,9 @@ from wheels.options import DEFAULT_MATRIX
 from wheels.toolchain import Toolchains
 from wheels.util import uv_bin
 
-from .abi_helpers import (
+sys.path.insert(0, str(Path(__file__).parent))  # works whether or not tests/ is a package
+
+from abi_helpers import (  # noqa: E402
     EXT_SUFFIX,
     TorchTree,
     compile_cuda_probe,
