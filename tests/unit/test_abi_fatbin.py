@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +148,13 @@ def test_plus_ptx_needs_ptx() -> None:
     [(text, arch)] = checks.arch_problems("m.so", code, fatbin.parse_requested(["9.0+PTX"]))
     assert arch == "9.0+PTX"
     assert "no PTX for compute_90" in text
+
+
+def test_a_section_in_a_file_reads_the_same_as_its_bytes(tmp_path: Path) -> None:
+    data = container(entry(KIND_ELF, 80, CUBIN * 1000), entry(KIND_PTX, 90, PTX, version=(8, 4)))
+    path = tmp_path / "ext.so"
+    path.write_bytes(b"\x7fELF" + b"\0" * 4092 + data + b"trailing bytes of other sections")
+    section = fatbin.Section(path, 4096, len(data))
+    assert fatbin.device_code(section) == fatbin.device_code(data)
+    assert fatbin.device_code(section).sass == {"80"}
+    assert fatbin.device_code(fatbin.Section(path, 4096, 0)).empty

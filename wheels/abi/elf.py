@@ -18,6 +18,8 @@ from typing import BinaryIO
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from .fatbin import Section
+
 ELF_MAGIC = b"\x7fELF"
 
 SHN_UNDEF = 0
@@ -337,7 +339,7 @@ class ElfFacts:
     needs: tuple[VersionNeed, ...]
     undefined: tuple[Symbol, ...]
     defined: tuple[Symbol, ...]
-    fatbin: bytes | None  # the .nv_fatbin section's bytes (device code), None when absent
+    fatbin: bytes | Section | None  # where the .nv_fatbin section (device code) lies; None when absent
 
     def defines(self, name: str) -> bool:
         return any(s.name == name for s in self.defined)
@@ -353,7 +355,9 @@ def read_facts(path: Path) -> ElfFacts:
             needs=tuple(version_needs(elf)),
             undefined=tuple(undefined_symbols(symbols)),
             defined=tuple(defined_symbols(symbols)),
-            fatbin=fatbin.data() if fatbin is not None and fatbin["sh_type"] != "SHT_NOBITS" else None,
+            fatbin=Section(path, fatbin["sh_offset"], fatbin["sh_size"])
+            if fatbin is not None and fatbin["sh_type"] != "SHT_NOBITS"
+            else None,
         )
 
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
 
 FATBIN_MAGIC = 0xBA55ED50
 KIND_PTX = 1
@@ -60,14 +62,38 @@ class Entry:
         return f"sm_{self.arch}" if self.kind == "sass" else f"compute_{self.arch}"
 
 
-def iter_entries(data: bytes) -> Iterator[Entry]:
-    """Every entry of every container in a .nv_fatbin section. Containers are 8-byte aligned, padding between."""
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """Where a .nv_fatbin section lies in a file: read by headers only (flash-attn's holds hundreds of MB of code)."""
+
+    path: Path
+    offset: int
+    size: int
+
+    def reader(self, stream: BinaryIO) -> Callable[[int, int], bytes]:
+        def read_at(at: int, n: int) -> bytes:
+            stream.seek(self.offset + at)
+            return stream.read(n)
+
+        return read_at
+
+
+def iter_entries(source: bytes | Section) -> Iterator[Entry]:
+    """Every entry of every container in a .nv_fatbin section (its bytes, or where it lies in a file)."""
+    if isinstance(source, Section):
+        with open(source.path, "rb") as stream:
+            yield from _entries(source.reader(stream), source.size)
+    else:
+        yield from _entries(lambda at, n: source[at : at + n], len(source))
+
+
+def _entries(read_at: Callable[[int, int], bytes], size: int) -> Iterator[Entry]:
+    """Containers are 8-byte aligned, zero padding between; entries follow each other inside a container."""
     offset = 0
-    size = len(data)
     while offset + _HEADER.size <= size:
-        magic, _version, header_size, body_size = _HEADER.unpack_from(data, offset)
+        magic, _version, header_size, body_size = _HEADER.unpack(read_at(offset, _HEADER.size))
         if magic != FATBIN_MAGIC:
-            if any(data[offset : offset + 8]):
+            if any(read_at(offset, 8)):
                 raise FatbinError(f"no fat binary header at offset {offset:#x} (found {magic:#010x})")
             offset += 8  # alignment padding between containers
             continue
@@ -78,8 +104,8 @@ def iter_entries(data: bytes) -> Iterator[Entry]:
             raise FatbinError(f"container at {offset:#x} runs {end - size} bytes past the end of the section")
         at = offset + header_size
         while at + _ENTRY.size <= end:
-            (kind, _ver, entry_size, payload, _csize, _res, minor, major, arch, _noff, _nsize, flags) = (
-                _ENTRY.unpack_from(data, at)
+            (kind, _ver, entry_size, payload, _csize, _res, minor, major, arch, _noff, _nsize, flags) = _ENTRY.unpack(
+                read_at(at, _ENTRY.size)
             )
             if entry_size < _ENTRY.size or at + entry_size + payload > end:
                 raise FatbinError(f"entry at {at:#x} has a bad size ({entry_size} + {payload} bytes)")
@@ -108,10 +134,10 @@ class DeviceCode:
         return ", ".join(parts) or "none"
 
 
-def device_code(data: bytes | None) -> DeviceCode:
-    if not data:
+def device_code(source: bytes | Section | None) -> DeviceCode:
+    if not source or (isinstance(source, Section) and source.size == 0):
         return DeviceCode(frozenset(), frozenset())
-    entries = list(iter_entries(data))
+    entries = list(iter_entries(source))
     return DeviceCode(
         sass=frozenset(e.arch for e in entries if e.kind == "sass"),
         ptx=frozenset(e.arch for e in entries if e.kind == "ptx"),
