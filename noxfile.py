@@ -3,13 +3,16 @@
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
     nox -s lock              resolve the image's Python environment into image/requirements*.lock, with hashes
     nox -s image             build the RunPod image from prebuilt wheels, smoke-test it, record size and time
+    nox -s abi               ABI-gate every wheel recorded in ./wheelhouse, or `-- path/to/x.whl ...` (opt-in)
     nox -s tests             the test suite (unit + integration; what CI runs)
+    nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -22,9 +25,14 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
-PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
-# What the image sessions add: the embedded index and publishing into it (wheels.publish), pip for its proof.
-IMAGE = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
+PIPELINE = ("packaging", "psutil", "pyelftools")
+# What the models downloader imports (it also runs inside the image, without the pipeline).
+MODELS = ("huggingface_hub", "tqdm")
+# What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
+RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
+# What the image sessions add: uv (its binary installs inside the build), the embedded index and
+# publishing into it (wheels.publish), pip for its proof.
+IMAGE = ("uv", "pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -58,8 +66,27 @@ def image(session: nox.Session) -> None:
     session.run("python", "-m", "image", "build", *session.posargs)
 
 
+@nox.session(default=False)
+def abi(session: nox.Session) -> None:
+    """ABI-gate wheels in fresh environments: `-- [WHEEL ...] [--torch BUILD] [--cuda-archs 9.0] [--python 3.11]`."""
+    _wheels(session, "abi")
+
+
+@nox.session(default=False)
+def models(session: nox.Session) -> None:
+    """Download models: `-- --variant fp8 --dest DIR`, `-- --list [--dest DIR]`, `-- --manifest my.toml --dest DIR`."""
+    _install(session, *MODELS)
+    session.run("python", "-m", "models", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *IMAGE, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, *IMAGE, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(default=bool(shutil.which("nvidia-smi")))
+def gpu_test(session: nox.Session) -> None:
+    """Prove gated wheels on a GPU: `-- [TARGET ...] [--system-torch] [--image TAG] [--allow-no-gpu]`."""
+    _wheels(session, "gpu-test")
