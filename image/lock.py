@@ -300,7 +300,7 @@ def header(
         ("index", f"third-party: {c.pypi_url}"),
     ]
     for tree in inputs.trees:
-        entries.append(("source", f"{tree.pin.name} {tree.commit or 'unknown'} ({tree.origin})"))
+        entries.append(("source", f"{tree.pin.name} {tree.identity()} ({tree.origin})"))
     for label, digest in sorted(inputs.digests({p.key for p in lock.pins}).items()):
         entries.append(("input", f"{label} sha256={digest}"))
     if without:

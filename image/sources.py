@@ -8,6 +8,7 @@ A local folder is used as it is; when it is a git checkout, its commit is compar
 from __future__ import annotations
 
 import dataclasses
+import functools
 import shutil
 import subprocess
 import tempfile
@@ -16,12 +17,13 @@ from pathlib import Path
 
 from wheels import log
 from wheels.errors import SourceError
-from wheels.util import atomic_write_json, file_lock, run
+from wheels.util import atomic_write_json, file_lock, run, tree_hash
 
 from .config import SourcePin
 
 # What never goes into the image from a source tree.
 IGNORED = (".git", "__pycache__", "*.pyc", ".github", ".DS_Store")
+IGNORED_DIRS = (".git", "__pycache__", ".github")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,17 @@ class SourceTree:
     @property
     def matches_pin(self) -> bool:
         return self.commit == self.pin.commit and not self.dirty
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """A content hash of the tree (what a local folder that is not a git checkout is identified by)."""
+        return tree_hash(self.path, ignore=IGNORED_DIRS)
+
+    def identity(self) -> str:
+        """The commit when known and clean, else the tree's content hash."""
+        if self.commit and not self.dirty:
+            return self.commit
+        return f"tree-sha256:{self.digest[:16]}"
 
     def describe(self) -> str:
         if self.origin == "fetched":
@@ -54,6 +67,7 @@ class SourceTree:
             "commit": self.commit,
             "dirty": self.dirty,
             "matches_pin": self.matches_pin,
+            "identity": self.identity(),
         }
 
     def requirement_files(self) -> list[tuple[str, Path]]:

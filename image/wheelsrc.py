@@ -228,18 +228,25 @@ def mirror(
         if not todo:
             return []
         readers = [reader_for(url) for url in upstream]
+
+        def look_up(pin: Pin) -> Verdict:
+            verdict = Verdict(pin, None, "not listed")
+            for reader in readers:
+                verdict = judge(pin, index_files(reader, pin.key), tags)
+                if verdict.ok:
+                    break
+            return verdict
+
         plan: list[tuple[Pin, File]] = []
         with log.step(f"Looking up {len(todo)} locked wheel(s) on {', '.join(upstream)}"):
-            for pin in todo:
-                verdict = Verdict(pin, None, "not listed")
-                for reader in readers:
-                    verdict = judge(pin, index_files(reader, pin.key), tags)
-                    if verdict.ok:
-                        break
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                verdicts = list(pool.map(look_up, todo))
+            for verdict in verdicts:
                 if verdict.ok and verdict.file is not None:
-                    plan.append((pin, verdict.file))
+                    plan.append((verdict.pin, verdict.file))
                 else:  # the preflight decides, knowing every place a wheel may come from
-                    log.warn(f"{pin} is not on {', '.join(upstream)} as a wheel for the image: {verdict.problem}")
+                    where = ", ".join(upstream)
+                    log.warn(f"{verdict.pin} is not on {where} as a wheel for the image: {verdict.problem}")
         if not plan:
             return []
         total = 0

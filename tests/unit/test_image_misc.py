@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -176,3 +177,15 @@ def test_listed_requirement_files_must_exist(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="has no extra.txt"):
         sources.local(pin, tmp_path).requirement_files()
     assert load_nodes().comfyui.requirements == ("requirements.txt",)
+
+
+def test_a_local_folder_is_identified_by_commit_or_by_content(repo: tuple[Path, str], tmp_path: Path) -> None:
+    path, commit = repo
+    pin = SourcePin("Pack", "node", "x", commit, "test", None)
+    assert sources.local(pin, path).identity() == commit
+    plain = tmp_path / "plain"
+    shutil.copytree(path, plain, ignore=shutil.ignore_patterns(".git"))
+    first = sources.local(pin, plain).identity()
+    assert first.startswith("tree-sha256:")
+    (plain / "requirements.txt").write_text("numpy\nscipy\n")
+    assert sources.local(pin, plain).identity() != first
