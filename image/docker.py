@@ -60,7 +60,7 @@ def parse_progress(lines: Sequence[str]) -> list[Step]:
         m = _STEP.match(line)
         if m and m.group("stage") != "internal" and not m.group("what").startswith("FROM "):
             sid = int(m.group("id"))
-            steps.setdefault(sid, Step(sid, m.group("stage"), m.group("what")[:200]))
+            steps.setdefault(sid, Step(sid, m.group("stage").strip(), m.group("what")[:200]))
             continue
         m = _STATE.match(line)
         if m and int(m.group("id")) in steps:

@@ -181,7 +181,10 @@ def check_runtime_libs(expect: Details) -> Details:
     return found
 
 
-_IMPORT_LINE = re.compile(r"^\s*[\d.]+ seconds(?P<failed> \(IMPORT FAILED\))?: (?P<path>.+?)\s*$")
+# ComfyUI's "Import times for custom nodes" lines, after any log prefix ("[INFO]", colours).
+_IMPORT_LINE = re.compile(r"\s[\d.]+ seconds(?P<failed> \(IMPORT FAILED\))?: (?P<path>/.+?)\s*$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BUILTIN_FAILED = re.compile(r"IMPORT FAILED: (?P<name>\S+)\s*$")
 
 
 def check_comfyui(expect: Details) -> Details:
@@ -202,12 +205,18 @@ def check_comfyui(expect: Details) -> Details:
         proc = subprocess.run(cmd, cwd=root, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               timeout=900)  # fmt: skip
     log = proc.stdout
-    loaded, failed = [], []
-    for line in log.splitlines():
-        m = _IMPORT_LINE.match(line)
+    loaded: set[str] = set()  # a pack with a prestartup script is listed twice (prestartup, then import)
+    failed: set[str] = set()
+    builtin_failed: list[str] = []
+    for line in _ANSI.sub("", log).splitlines():
+        m = _IMPORT_LINE.search(" " + line)
         if m:
             name = os.path.basename(m.group("path").rstrip("/"))
-            (failed if m.group("failed") else loaded).append(name)
+            (failed if m.group("failed") else loaded).add(name)
+            continue
+        m = _BUILTIN_FAILED.search(line)
+        if m:  # ComfyUI's own comfy_extras / comfy_api_nodes modules
+            builtin_failed.append(m.group("name"))
     version = None
     m = re.search(r"ComfyUI version: (\S+)", log)
     if m:
@@ -217,16 +226,18 @@ def check_comfyui(expect: Details) -> Details:
         "exit_status": proc.returncode,
         "node_packs_loaded": sorted(loaded),
         "node_packs_failed": sorted(failed),
-        "extras_failed": "did not import correctly" in log,
+        "builtin_nodes_failed": sorted(builtin_failed),
     }
     missing = [p for p in packs if p not in loaded]
-    if proc.returncode != 0 or missing or failed:
+    if proc.returncode != 0 or missing or failed or builtin_failed:
         tail = "\n".join(log.splitlines()[-60:])
         why = []
         if proc.returncode != 0:
             why.append(f"ComfyUI exited with {proc.returncode}")
         if missing:
             why.append(f"node packs not loaded: {', '.join(missing)}")
+        if builtin_failed:
+            why.append(f"ComfyUI's own node modules that did not import: {', '.join(builtin_failed)}")
         raise CheckFailed("; ".join(why) + f"\n--- last lines of ComfyUI's log ---\n{tail}")
     return details
 

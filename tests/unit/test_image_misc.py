@@ -53,7 +53,7 @@ PROGRESS = """#1 [internal] load build definition from Dockerfile
 #7 [python-env 1/2] RUN --mount=type=bind,source=tools/uv,target=/usr/local/bin/uv     set -eux;
 #7 12.3 Resolved 22 packages
 #7 DONE 202.9s
-#9 [core-tree 1/1] COPY smoke/ /opt/smoke/
+#9 [core-tree  1/10] COPY smoke/ /opt/smoke/
 #9 ERROR: failed to compute cache key
 """
 

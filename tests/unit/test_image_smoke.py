@@ -91,7 +91,7 @@ def _comfyui_log(monkeypatch: pytest.MonkeyPatch, log: str, returncode: int = 0)
     monkeypatch.setattr(smoke.subprocess, "run", lambda *a, **k: done)
 
 
-LOADED = "   0.0 seconds: /opt/ComfyUI/custom_nodes/ComfyUI-GGUF"
+LOADED = "\x1b[32m[INFO]\x1b[0m    0.0 seconds: /opt/ComfyUI/custom_nodes/ComfyUI-GGUF"  # as ComfyUI logs it
 FAILED = "   1.2 seconds (IMPORT FAILED): /opt/ComfyUI/custom_nodes/ComfyUI-KJNodes"
 
 
@@ -107,6 +107,11 @@ def test_comfyui_check_reads_comfyuis_own_import_report(monkeypatch: pytest.Monk
         (f"{LOADED}\n{FAILED}", 0, "node packs not loaded: ComfyUI-KJNodes"),
         (LOADED, 0, "node packs not loaded: ComfyUI-KJNodes"),  # absent from the report: never even tried
         (f"{LOADED}\nTraceback ...", 1, "ComfyUI exited with 1"),
+        (
+            f"{LOADED}\n\x1b[33m[WARNING]\x1b[0m IMPORT FAILED: nodes_hunyuan3d.py",
+            0,
+            "did not import: nodes_hunyuan3d.py",
+        ),
     ],
 )
 def test_comfyui_check_fails_on_a_pack_that_did_not_load(
