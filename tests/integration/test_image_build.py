@@ -246,3 +246,32 @@ def test_the_installer_inside_the_build_refuses_to_compile_too(
     assert "nocompile" in log and "NOCOMPILE-SETUP-RAN" not in log
     assert seconds < 300, f"the failing build took {seconds:.0f}s"
     assert not Docker(DOCKER).exists(TAG + "-missing") and temp_tags() == []
+
+
+def test_a_wheelhouse_build_bind_mounts_its_wheels_and_keeps_none(
+    docker: Docker, base_image: str, canary_wheelhouse: Path, core_lock: Path, workdir: Path
+) -> None:
+    """--wheel-source wheelhouse: no index at all, the locked wheels bind-mounted into the install step only.
+    A one-package lock (a pin taken from the core lock) keeps it quick; torch and ours are then absent by design."""
+    from image.reqs import parse_lock
+
+    lock = parse_lock(core_lock.read_text())
+    pin = lock.by_key()["typing-extensions"]
+    head = "".join(f"{line}\n" for line in core_lock.read_text().splitlines() if line.startswith("#"))
+    head = "".join(line + "\n" for line in head.splitlines() if not line.startswith("# input: wheel "))
+    tiny = workdir / "tiny.lock"
+    tiny.write_text(head + "\n" + pin.line() + "\n")
+    tag = TAG + "-wheelhouse"
+    opts, env = build_options(
+        base_image, canary_wheelhouse, tiny, workdir, "--wheel-source", "wheelhouse", "--smoke-skip", "torch,ours",
+        tag=tag,
+    )  # fmt: skip
+    try:
+        record = build_image(opts, env)
+        assert record["wheels_from"] == "wheelhouse (bind-mounted)" and record["smoke"]["ok"]
+        result = docker.run(tag, ["-c", "import typing_extensions; print('ok')"], entrypoint="/opt/venv/bin/python")
+        assert result.stdout.strip() == "ok", result.stderr
+        wheel = next((opts.common.cache_dir / "context" / "core-cu124" / "wheels" / "thirdparty").glob("*.whl"))
+        assert docker.save_contains(tag, [wheel.name.encode(), wheel.read_bytes()[:4096]]) == []
+    finally:
+        docker.remove(tag)
