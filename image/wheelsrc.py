@@ -155,9 +155,25 @@ def index_files(reader: object, project: str) -> list[File]:
 
 
 def check_index(pins: Sequence[Pin], reader: object, tags: frozenset) -> list[Verdict]:  # type: ignore[type-arg]
+    def listing(pin: Pin) -> list[File]:
+        files = index_files(reader, pin.key)
+        # An index that lists no hashes: download the pin's own files to learn theirs (the others cannot matter).
+        return [
+            dataclasses.replace(f, sha256=reader.sha256(_link(f)))  # type: ignore[attr-defined]
+            if f.sha256 is None and _version_of(f.filename) == pin.version
+            else f
+            for f in files
+        ]
+
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        listings = list(pool.map(lambda p: index_files(reader, p.key), pins))
+        listings = list(pool.map(listing, pins))
     return [judge(pin, files, tags) for pin, files in zip(pins, listings, strict=True)]
+
+
+def _link(file: File) -> object:
+    from wheels.publish.simple import Link
+
+    return Link(file.filename, file.location, None)
 
 
 def reader_for(url: str, username: str | None = None, password: str | None = None) -> object:

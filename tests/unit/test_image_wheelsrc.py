@@ -120,3 +120,26 @@ def test_mirror_downloads_only_what_is_missing_verified_and_leaves_the_rest_to_t
     assert wheelsrc.mirror(pins, ["https://pypi.invalid/simple"], dest, TAGS, cache, present=[have.parent]) == []
     verdicts = check_folders(pins, [dest, have.parent], TAGS, cache)
     assert [v.ok for v in verdicts] == [True, True, False]
+
+
+def test_an_index_without_hashes_is_asked_for_the_pins_own_files_only() -> None:
+    from image.wheelsrc import check_index
+
+    class NoHashes:
+        downloaded: list[str] = []
+
+        def links(self, project: str) -> list[object]:
+            from wheels.publish.simple import Link
+
+            return [
+                Link("torch-2.5.1-cp311-cp311-manylinux1_x86_64.whl", "http://i/torch-2.5.1.whl", None),
+                Link("torch-2.4.0-cp311-cp311-manylinux1_x86_64.whl", "http://i/torch-2.4.0.whl", None),
+            ]
+
+        def sha256(self, link: object) -> str:
+            self.downloaded.append(link.filename)  # type: ignore[attr-defined]
+            return GOOD
+
+    reader = NoHashes()
+    (verdict,) = check_index([pin()], reader, TAGS)
+    assert verdict.ok and reader.downloaded == ["torch-2.5.1-cp311-cp311-manylinux1_x86_64.whl"]
