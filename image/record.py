@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 import os
 import platform
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -74,7 +76,9 @@ def _row(record: Mapping[str, Any]) -> str:
 
 def update_bench(path: Path, record: Mapping[str, Any]) -> None:
     """Append a row to the image section of the bench file (created when missing); other sections are kept as is."""
-    with file_lock(path.parent / f".{path.name}.lock", str(path)):
+    # The lock file lives in the temporary folder, not next to a file that is committed.
+    lock = Path(tempfile.gettempdir()) / f"image-bench-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.lock"
+    with file_lock(lock, str(path)):
         text = path.read_text() if path.exists() else "# Benchmarks\n"
         if BEGIN in text and END in text:
             head, rest = text.split(BEGIN, 1)
