@@ -77,7 +77,10 @@ def _row(record: Mapping[str, Any]) -> str:
 def update_bench(path: Path, record: Mapping[str, Any]) -> None:
     """Append a row to the image section of the bench file (created when missing); other sections are kept as is."""
     # The lock file lives in the temporary folder, not next to a file that is committed.
-    lock = Path(tempfile.gettempdir()) / f"image-bench-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.lock"
+    lock = (
+        Path(tempfile.gettempdir())
+        / f"image-bench-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}.lock"
+    )
     with file_lock(lock, str(path)):
         text = path.read_text() if path.exists() else "# Benchmarks\n"
         if BEGIN in text and END in text:
