@@ -80,10 +80,21 @@ print("ready", file=handshake, flush=True)
 request = sys.stdin.readline()
 if not request.strip() or "torch" not in out:
     sys.exit(0)
+def load(mod):
+    # By its file when the wheel has one: a package's __init__ and its pure-Python dependencies (mmcv's imports
+    # mmengine) must not stand between the gate, which installs the wheel alone, and the compiled module it checks.
+    import importlib.machinery, importlib.util
+    for rel, real in out.get("files", {}).items():
+        if rel.split(".")[0] == mod.replace(".", "/"):
+            loader = importlib.machinery.ExtensionFileLoader(mod, real)
+            spec = importlib.util.spec_from_file_location(mod, real, loader=loader)
+            loader.exec_module(importlib.util.module_from_spec(spec))
+            return
+    importlib.import_module(mod)
 results = {}
 for mod in json.loads(request):
     try:
-        importlib.import_module(mod)
+        load(mod)
         results[mod] = None
     except Exception as e:
         results[mod] = "%s: %s" % (type(e).__name__, e)
