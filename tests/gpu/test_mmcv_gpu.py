@@ -111,7 +111,9 @@ def test_tiny_mmdet_two_stage_forward_on_gpu(device) -> None:  # noqa: ANN001
     from mmengine.structures import InstanceData
 
     register_all_modules()
-    model = MODELS.build(_faster_rcnn_config()).to(device).eval()
+    from mmengine.config import ConfigDict
+
+    model = MODELS.build(ConfigDict(_faster_rcnn_config())).to(device).eval()
     from mmdet.structures import DetDataSample
 
     sample = DetDataSample(metainfo={"img_shape": (128, 160), "ori_shape": (128, 160), "scale_factor": (1.0, 1.0)})
