@@ -319,6 +319,16 @@ def _bool_setting(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def without_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` minus every variable this pipeline reads (and CUDA_PATH, CUDA_HOME's twin): for runs that must not
+    inherit a caller's MAX_JOBS, CUDA_HOME, WHEELHOUSE or torch index (tests, benchmarks)."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k not in ENV_VARS and k != "CUDA_PATH" and not k.startswith(("WHEELS_", "TORCH_INDEX_URL_"))
+    }
+
+
 def check_env(env: Mapping[str, str]) -> None:
     """Fail on a WHEELS_* variable this pipeline does not read (a typo would otherwise be ignored silently)."""
     ours = [k for k in ENV_VARS if k.startswith("WHEELS_")]
