@@ -2,6 +2,7 @@
 
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
     nox -s tests             the test suite (unit + integration; what CI runs)
+    nox -s bench             benchmarks, appended to bench/results.md and bench/results.json (heavy: opt-in)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
 """
@@ -36,6 +37,12 @@ def _wheels(session: nox.Session, command: str, *extra: str) -> None:
 def wheels(session: nox.Session) -> None:
     """Build wheels: `-- [TARGET|GLOB ...] [--list] [--force] [--cuda-archs 9.0] [--backend container]`."""
     _wheels(session, "build")
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: `-- [SUITE ...]` (default: canary; `-- --list`), appended to bench/results.md and results.json."""
+    _wheels(session, "bench", "nox")
 
 
 @nox.session
