@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from .helpers import CANARY_TARGET, Build, pipeline_env, run_wheels
+from canary_helpers import CANARY_TARGET, Build, pipeline_env, run_wheels
 
 
 @pytest.fixture(scope="session")

@@ -13,13 +13,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from canary_helpers import CANARY_TARGET, Build, pipeline_env, run_wheels
 
 from wheels import build, envs, log, sources, toolchain
 from wheels.errors import ToolchainError
 from wheels.options import resolve
 from wheels.toolchain import Toolchains
-
-from .helpers import CANARY_TARGET, Build, pipeline_env, run_wheels
 
 pytestmark = pytest.mark.integration
 

@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-
-from .fakes import MATRIX, write_program
+from spine_fakes import MATRIX, write_program
 
 
 @pytest.fixture
 def matrix(tmp_path: Path) -> Callable[..., Path]:
-    """matrix(extra="", replace={old: new}) -> path of a matrix file: fakes.MATRIX, edited."""
+    """matrix(extra="", replace={old: new}) -> path of a matrix file: spine_fakes.MATRIX, edited."""
 
     def make(extra: str = "", replace: dict[str, str] | None = None, name: str = "matrix.toml") -> Path:
         text = MATRIX

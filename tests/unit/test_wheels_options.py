@@ -11,7 +11,7 @@ from wheels.errors import ConfigError
 from wheels.options import DEFAULT_MATRIX, load_matrix, parse_archs, resolve, select_targets
 
 Matrix = Callable[..., Path]
-# The canary target's last lines in fakes.MATRIX: edits here touch only that target.
+# The canary target's last lines in spine_fakes.MATRIX: edits here touch only that target.
 CANARY = 'python = "3.11"\ncuda-archs = "8.0;9.0"\ndefault = true\n\n[targets.canary-cu124]'
 
 

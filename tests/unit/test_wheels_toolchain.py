@@ -8,13 +8,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from spine_fakes import fake_cuda_home, write_program
 
 from wheels import build
 from wheels.errors import ToolchainError
 from wheels.options import resolve
 from wheels.toolchain import Toolchains, debian_mirror, extract_deb, host_cxx_version, nvcc_version
-
-from .fakes import fake_cuda_home, write_program
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from spine_fakes import fake_cuda_home, make_wheel, record_for, write_program
 
 from wheels import build
 from wheels.build import _OOM_PATTERNS, ccache_stats, error_excerpt, explain_build_failure, run_build
@@ -22,8 +23,6 @@ from wheels.jobs import GIB, JobPlan
 from wheels.manifest import Wheelhouse
 from wheels.options import REPO_ROOT, resolve
 from wheels.progress import NinjaProgress
-
-from .fakes import fake_cuda_home, write_program
 
 # --- reading build logs ---------------------------------------------------------------------------------------------
 
@@ -338,8 +337,6 @@ def test_an_interrupted_build_leaves_no_wheel_and_no_record(
 ) -> None:
     pipeline, ctx, tmp = fake_pipeline("hang")
     # An earlier build of the target is recorded: it must survive untouched.
-    from .fakes import make_wheel
-    from .test_manifest import record_for
 
     old = make_wheel(tmp / "old")
     house = Wheelhouse(tmp / "wh")

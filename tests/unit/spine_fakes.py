@@ -11,6 +11,8 @@ import textwrap
 import zipfile
 from pathlib import Path
 
+from wheels.manifest import Record
+
 MATRIX = """\
 schema = 1
 
@@ -114,3 +116,30 @@ def make_wheel(
         for member, data in members.items():
             zf.writestr(member, data)
     return path
+
+
+def record_for(wheel: Path, target: str = "canary-cu124", key: str = "k1", **changes: object) -> Record:
+    data = wheel.read_bytes()
+    fields: dict[str, object] = dict(
+        target=target,
+        filename=wheel.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        size=len(data),
+        package="canary",
+        version="0.1.0+cu124torch2.5",
+        label="cu124torch2.5",
+        torch={"version": "2.5.1+cu124", "cuda": "12.4", "cxx11_abi": False, "build": "cu124"},
+        cuda="12.4",
+        python_tag="cp311",
+        platform_tag="linux_x86_64",
+        cuda_archs=["8.0", "9.0"],
+        cxx11_abi=False,
+        cache_key=key,
+        flavour=None,
+        toolchain={"nvcc": "12.4.131", "host_cxx": "c++ 12"},
+        build={"seconds": 1.0, "jobs": 2},
+        gate={"verdict": "pass"},
+        created="2026-01-01T00:00:00+00:00",
+    )
+    fields.update(changes)
+    return Record(**fields)  # type: ignore[arg-type]

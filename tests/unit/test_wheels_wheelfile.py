@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from packaging.version import InvalidVersion
+from spine_fakes import make_wheel
 
 from wheels.wheelfile import dist_info_dir, extension_members, read_metadata, record_problems, rewrite
-
-from .fakes import make_wheel
 
 
 def _rewrite(tmp_path: Path, **kw: str) -> tuple[Path, Path]:
