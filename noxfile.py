@@ -3,12 +3,14 @@
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
     nox -s tests             the test suite (unit + integration; what CI runs)
     nox -s bench             benchmarks, appended to bench/results.md and bench/results.json (heavy: opt-in)
+    nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -21,7 +23,11 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
-PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
+PIPELINE = ("packaging", "psutil", "pyelftools")
+# What the models downloader imports (it also runs inside the image, without the pipeline).
+MODELS = ("huggingface_hub", "tqdm")
+# What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
+RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -40,13 +46,26 @@ def wheels(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def models(session: nox.Session) -> None:
+    """Download models: `-- --variant fp8 --dest DIR`, `-- --list [--dest DIR]`, `-- --manifest my.toml --dest DIR`."""
+    _install(session, *MODELS)
+    session.run("python", "-m", "models", *session.posargs)
+
+
+@nox.session(default=False)
 def bench(session: nox.Session) -> None:
     """Benchmarks: `-- [SUITE ...]` (default: canary; `-- --list`), appended to bench/results.md and results.json."""
-    _wheels(session, "bench", "nox")
+    _wheels(session, "bench", "nox[uv]")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(default=bool(shutil.which("nvidia-smi")))
+def gpu_test(session: nox.Session) -> None:
+    """Prove gated wheels on a GPU: `-- [TARGET ...] [--system-torch] [--image TAG] [--allow-no-gpu]`."""
+    _wheels(session, "gpu-test")

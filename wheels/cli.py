@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ from .errors import PipelineError, unknown
 COMMANDS: dict[str, str] = {
     "build": "wheels.build:cli",
     "bench": "wheels.bench:cli",
+    "gpu-test": "wheels.gpu:main",
 }
 
 
@@ -25,6 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(unknown("command", args[0], COMMANDS, "python -m wheels").render(), file=sys.stderr)
         return 2
     module, func = COMMANDS[args[0]].split(":")
+    # A SIGTERM (CI timeout, `kill`) unwinds like Ctrl-C, so a running build stops its compiler tree and leaves
+    # neither a half wheel nor a record.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(getattr(importlib.import_module(module), func)(args[1:]))
     except PipelineError as e:
@@ -33,3 +38,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("interrupted; build trees are kept, so a rerun resumes")
         return 130
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

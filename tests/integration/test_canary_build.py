@@ -88,7 +88,8 @@ def test_manifest_record(canary_build: Build) -> None:
     assert rec["cuda_archs"] == ["8.0", "9.0"]
     assert rec["cxx11_abi"] is False
     host_cxx = subprocess.run(["c++", "--version"], capture_output=True, text=True).stdout.splitlines()[0].strip()
-    assert rec["toolchain"] == {"nvcc": "12.4.131", "host_cxx": host_cxx}
+    recipe = Toolchains(canary_build.cache, pipeline_env()).recipe_id("12.4")  # the provisioned toolkit's recipe
+    assert rec["toolchain"] == {"nvcc": "12.4.131", "host_cxx": host_cxx, "toolkit_recipe": recipe}
     # The key the record carries is the one the pipeline computes now, and it says "built".
     listed = run_wheels(
         "build",

@@ -95,24 +95,36 @@ def test_a_cuda_home_without_nvcc_is_reported(tmp_path: Path, env: dict[str, str
 
 
 def test_order_cuda_home_then_provisioned_then_system_then_path(tmp_path: Path, env: dict[str, str]) -> None:
+    recipes = {"12.4": {"nvcc-version": "12.4.131", "deb-sha256": "x"}}
     cuda_home = fake_cuda_home(tmp_path / "cuda-home", "12.4.99")
-    provisioned = fake_cuda_home(tmp_path / "cache" / "toolkits" / "cuda-12.4.131", "12.4.131")
+    provisioned_home = toolchains(tmp_path, env, recipes=recipes).provisioned_home("12.4")
+    provisioned = fake_cuda_home(provisioned_home, "12.4.131")
     (provisioned / ".complete").write_text("12.4.131\n")
-    half = fake_cuda_home(tmp_path / "cache" / "toolkits" / "cuda-12.4.0", "12.4.0")  # no .complete: ignored
     system = fake_cuda_home(tmp_path / "system-cuda", "12.4.1")
     on_path = fake_cuda_home(tmp_path / "path-cuda", "12.4.2")
     path_env = {**env, "PATH": f"{on_path / 'bin'}:{env['PATH']}"}
 
-    def origin(e: dict[str, str]) -> tuple[str, str]:
-        got = toolchains(tmp_path, e, recipes={}, system=(system,)).get("12.4")
+    def origin(e: dict[str, str], system: tuple[Path, ...] = (system,)) -> tuple[str, str]:
+        got = toolchains(tmp_path, e, recipes=recipes, system=system).get("12.4")
         return got.origin, got.nvcc_version
 
     assert origin({**path_env, "CUDA_HOME": str(cuda_home)}) == ("CUDA_HOME", "12.4.99")
     assert origin(path_env) == ("provisioned", "12.4.131")
-    (provisioned / ".complete").unlink()
+    (provisioned / ".complete").unlink()  # an interrupted provisioning does not count
     assert origin(path_env) == (str(system), "12.4.1")
-    assert toolchains(tmp_path, path_env, recipes={}).get("12.4").origin == "PATH"
-    assert half.exists()
+    assert origin(path_env, system=()) == ("PATH", "12.4.2")
+
+
+def test_a_toolkit_from_an_older_recipe_is_not_used(tmp_path: Path, env: dict[str, str]) -> None:
+    old = toolchains(tmp_path, env, recipes={"12.4": {"nvcc-version": "12.4.131", "wheels": ["a==1"]}})
+    home = fake_cuda_home(old.provisioned_home("12.4"), "12.4.131")
+    (home / ".complete").write_text("")
+    assert old.get("12.4").origin == "provisioned"
+    assert old.get("12.4").identity()["toolkit_recipe"] == old.recipe_id("12.4")  # the recipe is in the cache key
+    new = toolchains(tmp_path, env, recipes={"12.4": {"nvcc-version": "12.4.131", "wheels": ["a==2"]}})
+    assert new.provisioned_home("12.4") != home
+    plan = new.plan("12.4")
+    assert plan.how.startswith("provision CUDA 12.4.131") and plan.recipe == new.recipe_id("12.4")
 
 
 def test_unavailable_error_says_what_why_and_what_next(tmp_path: Path, env: dict[str, str]) -> None:
