@@ -1,6 +1,7 @@
 """Sessions: a table of contents. Logic lives in the importable packages wheels/, image/ and models/.
 
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
+    nox -s abi               ABI-gate every wheel recorded in ./wheelhouse, or `-- path/to/x.whl ...` (opt-in)
     nox -s tests             the test suite (unit + integration; what CI runs)
     nox -s bench             benchmarks, appended to bench/results.md and bench/results.json (heavy: opt-in)
     nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
@@ -43,6 +44,12 @@ def _wheels(session: nox.Session, command: str, *extra: str) -> None:
 def wheels(session: nox.Session) -> None:
     """Build wheels: `-- [TARGET|GLOB ...] [--list] [--force] [--cuda-archs 9.0] [--backend container]`."""
     _wheels(session, "build")
+
+
+@nox.session(default=False)
+def abi(session: nox.Session) -> None:
+    """ABI-gate wheels in fresh environments: `-- [WHEEL ...] [--torch BUILD] [--cuda-archs 9.0] [--python 3.11]`."""
+    _wheels(session, "abi")
 
 
 @nox.session(default=False)

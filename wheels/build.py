@@ -291,6 +291,7 @@ class Pipeline:
             extension_modules=default_ext,
             flavour=target.flavour,
             default_flavour=default_flavour,
+            base=self.env.get("WHEELS_IMAGE_BASE") or None,
         )
         report = self.gate(repaired, expect, tree)
         if not report.passed:
@@ -323,7 +324,8 @@ class Pipeline:
             flavour=target.flavour,
             toolchain=toolchain.identity(),
             build={**stats, "seconds": round(time.monotonic() - started, 1), "backend": self.opts.backend},
-            gate={"verdict": report.verdict, "report": f"reports/{repaired.name}.abi.json", "checked_at": report.checked_at},
+            gate={"verdict": report.verdict, "report": f"reports/{repaired.name}.abi.json", "checked_at": report.checked_at,
+                  "platform_tag": report.platform_tag},
             created=now,
         )
         self.wheelhouse.commit(record, repaired, report.to_dict())

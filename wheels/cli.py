@@ -14,6 +14,7 @@ from .errors import PipelineError, unknown
 COMMANDS: dict[str, str] = {
     "build": "wheels.build:cli",
     "bench": "wheels.bench:cli",
+    "abi": "wheels.abi.cli:cli",
     "gpu-test": "wheels.gpu:main",
 }
 

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -87,14 +88,14 @@ class PythonEnv:
         *,
         index_url: str | None = None,
         no_deps: bool = False,
-        constraints: bool = True,
+        constraints: bool | Path = True,
         what: str = "packages",
     ) -> None:
         if not requirements:
             return
         cmd: list[str | os.PathLike[str]] = [uv_bin(), "pip", "install", "--python", self.python]
         if constraints:
-            cmd += ["--constraint", CONSTRAINTS]
+            cmd += ["--constraint", CONSTRAINTS if constraints is True else constraints]
         if index_url:
             # `--index` is searched before the default index; packages it lacks come from the default (PyPI).
             cmd += ["--index", index_url]
@@ -167,10 +168,32 @@ def interpreter_for(python: str, system_python: str) -> tuple[str, tuple[str, ..
     return resolved, tuple(json.loads(out.stdout))
 
 
+# Pins that belong to one torch release: a torch build of another version replaces them, never fights them.
+TORCH_FAMILY = ("torch", "torchvision", "torchaudio", "xformers")
+
+
+def constraints_for(torch: TorchBuild, folder: Path) -> bool | Path:
+    """constraints.txt, or, for a torch build of another version than its torch pin, a copy without the torch
+    family's pins (written into ``folder``): the ABI gate checks wheels against other torch releases too."""
+    text = CONSTRAINTS.read_text()
+    if torch.version is None or re.search(rf"^torch=={re.escape(torch.version)}\s*$", text, re.M):
+        return True
+    family = re.compile(rf"^({'|'.join(TORCH_FAMILY)})\s*[=<>!~]", re.I)
+    kept = [line for line in text.splitlines() if not family.match(line.strip())]
+    path = folder / f"constraints-torch-{torch.version}.txt"
+    path.write_text("\n".join(kept) + "\n")
+    return path
+
+
 def install_torch(env: PythonEnv, torch: TorchBuild) -> None:
     if torch.source == "system":
         return
-    env.install([torch.requirement], index_url=torch.index_url, what=f"torch {torch.version} ({torch.name})")
+    env.install(
+        [torch.requirement],
+        index_url=torch.index_url,
+        constraints=constraints_for(torch, env.path),
+        what=f"torch {torch.version} ({torch.name})",
+    )
 
 
 @contextlib.contextmanager

@@ -51,6 +51,7 @@ ENV_VARS = {
     "WHEELS_SYSTEM_PYTHON": "interpreter whose installed torch the 'system' torch build uses",
     "WHEELS_CUDA_ARCHS": "override every selected target's CUDA arch list",
     "WHEELS_KEEP_ENVS": "keep failed build and gate environments for inspection (1/0)",
+    "WHEELS_IMAGE_BASE": "image base the ABI gate's portability check holds wheels to (wheels/abi/policy.toml)",
     "MAX_JOBS": "parallel compile jobs (default: planned from cores and RAM)",
     "NVCC_THREADS": "nvcc --threads per job (default: planned)",
     "TORCH_INDEX_URL": "index for every torch build (TORCH_INDEX_URL_<BUILD> for one build)",
@@ -203,6 +204,12 @@ def _torch_builds(raw: Mapping[str, Any], env: Mapping[str, str], where: str) ->
 
 def index_env_key(build: str) -> str:
     return "TORCH_INDEX_URL_" + re.sub(r"[^A-Za-z0-9]", "_", build).upper()
+
+
+def load_torch_builds(path: Path, env: Mapping[str, str]) -> dict[str, TorchBuild]:
+    """Every torch build a matrix file declares, whether a target uses it or not (the gate's --torch may name any)."""
+    data = _load_toml(path)
+    return _torch_builds(data.get("torch", {}), env, str(path))
 
 
 def _resolve_extends(raw: Mapping[str, Mapping[str, Any]], name: str, where: str, seen: tuple[str, ...] = ()) -> dict:

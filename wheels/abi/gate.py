@@ -1,184 +1,339 @@
 """The gate's driver: builds a fresh runtime environment per wheel and runs every check, then gives a verdict.
 
-Pure analysis lives in sibling modules and takes paths and data; this module is the only one that creates
-environments or runs programs.
+Pure analysis lives in sibling modules (elf, fatbin, loader, analysis, checks, policy) and takes paths and data; this
+module is the only one that creates environments or runs programs. Inside the new environment (the target's pinned
+torch and the wheel, installed without dependencies: no compiler, no build tools) a small probe, run by the
+environment's own Python, reports where things are; everything else is read from those files.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import json
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from packaging.utils import parse_wheel_filename
+
 from .. import log
 from ..envs import PythonEnv, fresh_env, install_torch
-from ..errors import GateError
-from ..options import TorchBuild
-from ..util import run
-from ..wheelfile import read_metadata, record_problems
+from ..errors import EnvError
+from .analysis import Runtime, link, wheel_files
+from .checks import (
+    TorchFacts,
+    check_cuda,
+    check_cxx11_abi,
+    check_integrity,
+    check_portability,
+    check_symbols,
+)
+from .demangle import demangle
+from .loader import DEFAULT_DIRS, System, parse_ldconfig
+from .model import CheckResult, Expectation, GateReport
+from .policy import Ceilings, Policy, load_policy, resolve_base
 
+__all__ = ["CheckResult", "Expectation", "GateReport", "check_import", "check_integrity", "check_wheel"]
 
-@dataclasses.dataclass(frozen=True)
-class Expectation:
-    """What a wheel is checked against: its target, or overrides given on the command line."""
-
-    package: str
-    version: str  # without label
-    torch: TorchBuild
-    python: str  # "3.11" or "system"
-    cuda_archs: tuple[str, ...]  # TORCH_CUDA_ARCH_LIST form: ("8.0", "9.0+PTX")
-    extension_modules: tuple[str, ...]
-    flavour: str | None = None
-    default_flavour: str | None = None
-
-
-@dataclasses.dataclass
-class CheckResult:
-    name: str
-    passed: bool
-    summary: str
-    problems: list[str] = dataclasses.field(default_factory=list)
-    details: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
-class GateReport:
-    wheel: str
-    checks: list[CheckResult]
-    torch: dict[str, Any] | None
-    checked_at: str
-
-    @property
-    def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
-
-    @property
-    def verdict(self) -> str:
-        return "pass" if self.passed else "fail"
-
-    def failures(self) -> list[CheckResult]:
-        return [c for c in self.checks if not c.passed]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "wheel": self.wheel,
-            "verdict": self.verdict,
-            "torch": self.torch,
-            "checked_at": self.checked_at,
-            "checks": [dataclasses.asdict(c) for c in self.checks],
-        }
-
-    def human(self) -> str:
-        lines = [f"ABI gate: {self.wheel}: {self.verdict.upper()}"]
-        for c in self.checks:
-            lines.append(f"  [{'ok' if c.passed else 'FAIL'}] {c.name}: {c.summary}")
-            for problem in c.problems[:40]:
-                lines.append(f"         - {problem}")
-            if len(c.problems) > 40:
-                lines.append(f"         ... and {len(c.problems) - 40} more (see the JSON report)")
-        return "\n".join(lines)
-
-
-def check_integrity(wheel: Path, expect: Expectation, torch: dict[str, Any] | None) -> CheckResult:
-    from packaging.utils import canonicalize_name, parse_wheel_filename
-    from packaging.version import Version
-
-    from ..label import local_label, parse_label
-
-    problems: list[str] = []
-    name, file_version, _, tags = parse_wheel_filename(wheel.name)
-    meta = read_metadata(wheel)
-    meta_name, meta_version = meta["Name"], Version(meta["Version"])
-    if canonicalize_name(meta_name) != name:
-        problems.append(f"METADATA Name {meta_name!r} disagrees with the file name's {name!r}")
-    if meta_version != file_version:
-        problems.append(f"METADATA Version {meta_version} disagrees with the file name's version {file_version}")
-    if canonicalize_name(expect.package) != name:
-        problems.append(f"the wheel is {name}, the target builds {expect.package}")
-    if file_version.base_version != Version(expect.version).base_version or file_version.public != str(
-        Version(expect.version)
-    ):
-        problems.append(f"the wheel's version {file_version.public} is not the target's {expect.version}")
-    problems += record_problems(wheel)
-    label = file_version.local
-    if label is None:
-        problems.append("the wheel has no local version label (+cuXXXtorchX.Y): its torch build is unknowable")
-    elif torch is not None:
-        from ..envs import TorchInfo
-
-        info = TorchInfo(torch["version"], torch["cuda"], torch["cxx11_abi"], Path("."), "", "")
-        want = local_label(info, expect.flavour, expect.default_flavour)
-        if label != want:
-            try:
-                got = parse_label(label)
-                why = []
-                if got["torch"] != info.major_minor:
-                    why.append(f"built for torch {got['torch']}, checked against torch {info.version}")
-                if got["cuda"] != info.cuda:
-                    why.append(f"built for CUDA {got['cuda']}, this torch is CUDA {info.cuda}")
-                if got["cxx11_abi"] != info.cxx11_abi:
-                    why.append("C++11 ABI differs")
-                if got["flavour"] != (expect.flavour if expect.flavour != expect.default_flavour else None):
-                    why.append(f"flavour {got['flavour']} is not the target's {expect.flavour}")
-            except ValueError:
-                why = ["the label is not in this pipeline's form"]
-            problems.append(f"label {label} does not match the torch it is checked against ({want}): " + "; ".join(why))
-    py = expect.python
-    if py != "system":
-        want_tag = "cp" + py.replace(".", "")
-        if not any(t.interpreter == want_tag for t in tags):
-            problems.append(f"tags {sorted(str(t) for t in tags)} do not fit Python {py} ({want_tag})")
-    return CheckResult(
-        name="integrity",
-        passed=not problems,
-        summary="RECORD, name, version, label and tags agree" if not problems else f"{len(problems)} problem(s)",
-        problems=problems,
-    )
-
-
-_IMPORT_PROBE = r"""
-import importlib, json, sys
-import torch
-out = {}
-for mod in sys.argv[1:]:
+# Run by the gate environment's Python, as one process: it reports where the interpreter, torch, the wheel's files and
+# the system's libraries are (written to a file, then "ready" on stdout), waits for the list of extension modules on
+# stdin, and imports them after `import torch`. One torch import serves both; a crash while importing an extension
+# comes after the facts are safe, and is a verdict, not an error.
+_PROBE = r"""
+import importlib, importlib.metadata as md, json, os, platform, shutil, subprocess, sys
+dist, facts_path, imports_path = sys.argv[1:4]
+# stdout is the handshake channel alone: whatever torch or an extension prints goes to stderr (a file).
+handshake = os.fdopen(os.dup(1), "w")
+os.dup2(2, 1)
+out = {"executable": os.path.realpath(sys.executable), "python": "%d.%d" % sys.version_info[:2],
+       "python_tag": "cp%d%d" % sys.version_info[:2], "machine": platform.machine(),
+       "ld_library_path": os.environ.get("LD_LIBRARY_PATH", "")}
+try:
+    d = md.distribution(dist)
+    out["files"] = {str(f): os.path.realpath(f.locate()) for f in (d.files or []) if ".so" in f.name}
+except md.PackageNotFoundError as e:
+    out["files_error"] = "%s is not installed" % e
+ldconfig = shutil.which("ldconfig") or next(
+    (p for p in ("/sbin/ldconfig", "/usr/sbin/ldconfig") if os.path.exists(p)), None)
+try:
+    out["ldconfig"] = subprocess.run([ldconfig, "-p"], capture_output=True, text=True, timeout=60).stdout
+except Exception:
+    out["ldconfig"] = ""
+try:
+    import torch
+except Exception as e:
+    out["torch_error"] = "%s: %s" % (type(e).__name__, e)
+else:
+    here = os.path.dirname(os.path.realpath(torch.__file__))
+    deps = os.path.join(here, "lib", "libtorch_global_deps.so")
+    out["torch"] = {"version": torch.__version__, "cuda": torch.version.cuda,
+                    "cxx11_abi": bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+                    "c_module": os.path.realpath(torch._C.__file__),
+                    "global_deps": deps if os.path.exists(deps) else None}
+with open(facts_path, "w") as f:
+    json.dump(out, f)
+print("ready", file=handshake, flush=True)
+request = sys.stdin.readline()
+if not request.strip() or "torch" not in out:
+    sys.exit(0)
+results = {}
+for mod in json.loads(request):
     try:
         importlib.import_module(mod)
-        out[mod] = None
+        results[mod] = None
     except Exception as e:
-        out[mod] = "%s: %s" % (type(e).__name__, e)
-print(json.dumps(out))
+        results[mod] = "%s: %s" % (type(e).__name__, e)
+with open(imports_path, "w") as f:
+    json.dump(results, f)
 """
 
 
-def check_import(env: PythonEnv, expect: Expectation) -> CheckResult:
-    result = run([env.python, "-c", _IMPORT_PROBE, *expect.extension_modules], error=GateError, what="Import probe")
-    errors = json.loads(result.stdout.strip().splitlines()[-1])
-    problems = [f"import {mod} failed: {err}" for mod, err in errors.items() if err]
+class Probe:
+    """The probe process of one gate environment: ``facts()`` first, then ``import_modules()`` once."""
+
+    def __init__(self, env: PythonEnv, distribution: str, tmp: Path) -> None:
+        self.env = env
+        self.facts_path = tmp / "facts.json"
+        self.imports_path = tmp / "imports.json"
+        self.stderr_path = tmp / "probe.stderr"
+        self._stderr = self.stderr_path.open("w")
+        self.proc = subprocess.Popen(
+            [str(env.python), "-c", _PROBE, distribution, str(self.facts_path), str(self.imports_path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            env=env.environ(),
+        )
+
+    def _tail(self) -> str:
+        self._stderr.flush()
+        return "\n".join(self.stderr_path.read_text(errors="replace").strip().splitlines()[-8:])
+
+    def facts(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.wait()
+            raise EnvError(
+                f"The gate's probe died in {self.env.path} (exit {self.proc.returncode})\n{self._tail()}",
+                fix="run the environment's python by hand to see why; WHEELS_KEEP_ENVS=1 keeps it",
+            )
+        facts = json.loads(self.facts_path.read_text())
+        if "torch_error" in facts:
+            raise EnvError(
+                f"torch does not import in the gate environment {self.env.path}: {facts['torch_error']}",
+                fix="install torch there, or for the system torch build point --system-python at an interpreter "
+                "that has it",
+            )
+        return facts
+
+    def import_modules(self, modules: Sequence[str]) -> tuple[dict[str, str | None] | None, str]:
+        """{module: None or the error}, or (None, why) when the process died while importing."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(list(modules)) + "\n")
+        self.proc.stdin.close()
+        try:
+            rc = self.proc.wait(timeout=600)
+        except subprocess.TimeoutExpired:
+            self.close()
+            return None, "importing took longer than 10 minutes"
+        if rc != 0 or not self.imports_path.exists():
+            signal = f"signal {-rc}" if rc < 0 else f"exit {rc}"
+            return None, f"the importing process died ({signal}): {self._tail()}"
+        return json.loads(self.imports_path.read_text()), ""
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None and not stream.closed:
+                stream.close()
+        self._stderr.close()
+
+
+def check_import(probe: Probe, modules: Sequence[str]) -> CheckResult:
+    """`import torch`, then each extension module (in the probe's process: a crash is a verdict, not an error)."""
+    if not modules:
+        probe.import_modules([])
+        return CheckResult(
+            name="import",
+            passed=False,
+            summary="the wheel holds no extension module to import",
+            cause="built without its extension (no compiler or no CUDA at build time)",
+            fix="rebuild it with `nox -s wheels`",
+        )
+    errors, died = probe.import_modules(modules)
+    if errors is None:
+        return CheckResult(
+            name="import",
+            passed=False,
+            summary="the import process died",
+            problems=[f"import torch; import {', '.join(modules)}: {died}"],
+            cause="a crash while loading the extension (static initialisers, a mismatched torch)",
+        )
+    problems = []
+    for mod, err in errors.items():
+        if not err:
+            continue
+        symbol = re.search(r"undefined symbol: (\S+)", err)
+        shown = f" ({demangle(symbol.group(1))})" if symbol and symbol.group(1).startswith("_Z") else ""
+        problems.append(f"import {mod} failed: {err}{shown}")
     return CheckResult(
         name="import",
         passed=not problems,
-        summary=f"import torch, then {', '.join(expect.extension_modules)}" if not problems else "import failed",
+        summary=f"import torch, then {', '.join(modules)}" if not problems else "import failed",
         problems=problems,
+        cause="see the symbols and cxx11_abi checks for what the loader could not find" if problems else None,
     )
 
 
+def _install_wheel(env: PythonEnv, wheel: Path) -> CheckResult:
+    try:
+        env.install([str(wheel)], no_deps=True, constraints=False, what=wheel.name)
+    except EnvError as e:
+        lines = [line for line in e.what.splitlines() if line.strip() and not line.startswith("---")]
+        return CheckResult(
+            name="install",
+            passed=False,
+            summary="the installer refuses the wheel",
+            problems=lines[-6:],
+            cause="a malformed wheel (see integrity)",
+            fix="rebuild it with `nox -s wheels`",
+        )
+    return CheckResult(name="install", passed=True, summary="installed without dependencies next to torch")
+
+
+def _runtime(facts: dict[str, Any]) -> Runtime:
+    torch = facts["torch"]
+    ld_path = tuple(p for p in facts.get("ld_library_path", "").split(":") if p)
+    return Runtime(
+        executable=Path(facts["executable"]),
+        torch_c=Path(torch["c_module"]) if torch.get("c_module") else None,
+        torch_global_deps=Path(torch["global_deps"]) if torch.get("global_deps") else None,
+        system=System(
+            ld_library_path=ld_path, cache=parse_ldconfig(facts.get("ldconfig", "")), default_dirs=DEFAULT_DIRS
+        ),
+    )
+
+
+def _checks(
+    wheel: Path,
+    expect: Expectation,
+    facts: dict[str, Any],
+    installed: CheckResult,
+    probe: Probe,
+    base: Ceilings,
+    policy: Policy,
+    platforms: list[str],
+    clock: Stopwatch,
+) -> tuple[list[CheckResult], str | None, dict[str, Any]]:
+    tf = facts["torch"]
+    torch = TorchFacts(tf["version"], tf["cuda"], tf["cxx11_abi"])
+    torch_record = {"version": torch.version, "cuda": torch.cuda, "cxx11_abi": torch.cxx11_abi}
+    checks = [check_integrity(wheel, expect, {**torch_record, "python_tag": facts["python_tag"]}), installed]
+    if installed.passed and "files_error" in facts:
+        installed = CheckResult(
+            name="install",
+            passed=False,
+            summary="installed, but the environment does not list it",
+            problems=[facts["files_error"]],
+            cause="the distribution name in METADATA differs from the file name's",
+        )
+        checks[1] = installed
+    if not installed.passed:
+        probe.import_modules([])
+        return checks, None, torch_record
+    files = wheel_files({member: Path(path) for member, path in facts.get("files", {}).items()})
+    linkages = link(files, _runtime(facts))
+    portability, platform_tag = check_portability(files, base, policy, platforms, arch=facts.get("machine", "x86_64"))
+    checks += [
+        check_symbols(linkages, torch),
+        check_cxx11_abi(files, torch),
+        check_cuda(files, torch, expect.cuda_archs),
+        portability,
+    ]
+    clock.lap("analysis")
+    # The recipe's modules first (they prove the package loads), then any other module the wheel holds.
+    modules = tuple(dict.fromkeys([*expect.extension_modules, *(f.module for f in files if f.module)]))
+    checks.append(check_import(probe, modules))
+    clock.lap("import")
+    return checks, platform_tag, torch_record
+
+
+class Stopwatch:
+    """Seconds per phase of one gate run, for the report (how long the gate takes, and where)."""
+
+    def __init__(self) -> None:
+        self.started = self._last = time.monotonic()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.monotonic()
+        self.laps[phase] = round(now - self._last, 2)
+        self._last = now
+
+    @property
+    def total(self) -> float:
+        return round(time.monotonic() - self.started, 1)
+
+
+class _KeepEnv(Exception):
+    """Raised inside the environment's context to keep it for inspection after a failed verdict."""
+
+
 def check_wheel(
-    wheel: Path, expect: Expectation, *, system_python: str = "python3", keep_env: bool = False, work: Path | None = None
+    wheel: Path,
+    expect: Expectation,
+    *,
+    system_python: str = "python3",
+    keep_env: bool = False,
+    work: Path | None = None,
 ) -> GateReport:
     """Run every check for one wheel in a new environment holding only its runtime: torch and the wheel."""
-    with log.step(f"ABI gate: {wheel.name} (torch: {expect.torch.name})"):
-        with fresh_env(expect.python, system_python, keep=keep_env, prefix="gate-", parent=work) as env:
-            install_torch(env, expect.torch)
-            env.install([str(wheel)], no_deps=True, constraints=False, what=wheel.name)
-            torch = env.torch_info()
-            checks = [check_integrity(wheel, expect, torch.as_record()), check_import(env, expect)]
-            report = GateReport(
-                wheel=wheel.name,
-                checks=checks,
-                torch=torch.as_record(),
-                checked_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            )
-        log.info(report.human())
-        return report
+    policy = load_policy()
+    base = resolve_base(expect.base, policy)  # a bad setting fails before any environment is made
+    name, _, _, tags = parse_wheel_filename(wheel.name)
+    platforms = sorted({t.platform for t in tags})
+    clock = Stopwatch()
+    report: GateReport | None = None
+    with log.step(f"ABI gate: {wheel.name} (torch: {expect.torch.name}, image base: {base.name})"):
+        try:
+            with fresh_env(expect.python, system_python, keep=keep_env, prefix="gate-", parent=work) as env:
+                clock.lap("new_env")
+                install_torch(env, expect.torch)
+                clock.lap("torch_install")
+                installed = _install_wheel(env, wheel)
+                clock.lap("wheel_install")
+                with tempfile.TemporaryDirectory(prefix="gate-probe-") as tmp:
+                    probe = Probe(env, str(name), Path(tmp))
+                    try:
+                        facts = probe.facts()
+                        clock.lap("probe")
+                        checks, platform_tag, torch_record = _checks(
+                            wheel, expect, facts, installed, probe, base, policy, platforms, clock
+                        )
+                    finally:
+                        probe.close()
+                report = GateReport(
+                    wheel=wheel.name,
+                    checks=checks,
+                    torch=torch_record,
+                    checked_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+                    expectation={**expect.as_record(), "base": base.name},
+                    platform_tag=platform_tag,
+                    seconds=clock.total,
+                    timings=clock.laps,
+                )
+                if keep_env and not report.passed:
+                    raise _KeepEnv
+        except _KeepEnv:
+            pass
+    assert report is not None
+    log.info(report.human())
+    return report
