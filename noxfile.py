@@ -3,6 +3,7 @@
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
     nox -s abi               ABI-gate every wheel recorded in ./wheelhouse, or `-- path/to/x.whl ...` (opt-in)
     nox -s tests             the test suite (unit + integration; what CI runs)
+    nox -s bench             benchmarks, appended to bench/results.md and bench/results.json (heavy: opt-in)
     nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
@@ -56,6 +57,12 @@ def models(session: nox.Session) -> None:
     """Download models: `-- --variant fp8 --dest DIR`, `-- --list [--dest DIR]`, `-- --manifest my.toml --dest DIR`."""
     _install(session, *MODELS)
     session.run("python", "-m", "models", *session.posargs)
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: `-- [SUITE ...]` (default: canary; `-- --list`), appended to bench/results.md and results.json."""
+    _wheels(session, "bench", "nox[uv]")
 
 
 @nox.session

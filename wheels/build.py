@@ -6,16 +6,18 @@ a build tree, a wheel, a gate report, a record).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from .options import Options, Target
 from .progress import NinjaProgress
 from .recipes import RECIPES, Recipe
 from .toolchain import Plan, Toolchain, Toolchains
-from .util import available_memory_bytes, cpu_count, run, sha256_file
+from .util import TreeMemorySampler, available_memory_bytes, cpu_count, run, sha256_file
 from .wheelfile import rewrite
 
 # Libraries that must never be grafted into our wheels: torch brings them at run time.
@@ -386,6 +388,10 @@ class Pipeline:
                     "CCACHE_COMPILERCHECK": "content",
                     "CCACHE_MAXSIZE": self.env.get("CCACHE_MAXSIZE", "20G"),
                     "CCACHE_STATSLOG": str(tree / "ccache-stats.log"),
+                    # uv hard-links torch's headers from its cache into every environment, so any install or removal
+                    # of torch elsewhere changes their link count, hence their ctime, in mid-compile; ccache would
+                    # then refuse to store the object ("modified_input_file"). Content changes still show in mtime.
+                    "CCACHE_SLOPPINESS": ",".join(filter(None, [self.env.get("CCACHE_SLOPPINESS"), "include_file_ctime"])),
                 }
             )
         else:
@@ -486,63 +492,51 @@ def run_build(
     """Run the build, teeing output to log_path and progress; sample the process tree's memory.
 
     Returns (exit status, peak RSS of the whole tree, peak RSS of one process, killed-for-memory?).
+    The build runs in its own session (so a terminal's Ctrl-C reaches only us and we stop it in order); therefore a
+    SIGTERM or SIGHUP to this process must stop the build too, or its compilers would run on as orphans.
     """
-    import psutil
-
-    peak = {"tree": 0, "proc": 0}
     oom = False
-    with log_path.open("w") as logf:
+    with log_path.open("w") as logf, _termination_as_interrupt():
         proc = subprocess.Popen(
             cmd, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             start_new_session=True,
         )
-        stop = threading.Event()
-
-        def sample() -> None:
-            try:
-                root = psutil.Process(proc.pid)
-            except psutil.Error:
-                return
-            while not stop.wait(0.5):
-                try:
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.Error:
-                    break
-                total = 0
-                for p in procs:
-                    try:
-                        rss = p.memory_info().rss
-                    except psutil.Error:
-                        continue
-                    total += rss
-                    peak["proc"] = max(peak["proc"], rss)
-                peak["tree"] = max(peak["tree"], total)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                logf.write(line)
-                progress.feed(line)
-                if _OOM_PATTERNS.search(line):
-                    oom = True
-            rc = proc.wait()
-        except BaseException:
-            # Interrupted (Ctrl-C, session killed): stop the whole compiler tree, keep the build tree for a resume.
-            import contextlib
-            import signal
-
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            raise
-        finally:
-            stop.set()
-            sampler.join()
+        with TreeMemorySampler(proc.pid) as memory:
+            try:
+                for line in proc.stdout:
+                    logf.write(line)
+                    progress.feed(line)
+                    if _OOM_PATTERNS.search(line):
+                        oom = True
+                rc = proc.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM): stop the whole compiler tree, keep the build tree for a resume.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+                raise
     if rc in (-9, 137):
         oom = True
-    return rc, peak["tree"], peak["proc"], oom
+    return rc, memory.peak_tree, memory.peak_process, oom
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while the block runs (signals reach only the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"terminated by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def error_excerpt(text: str, limit: int = 30) -> str:

@@ -13,6 +13,7 @@ from .errors import PipelineError, unknown
 # command -> "module:function"; each function takes argv and returns an exit status. Imported only when used.
 COMMANDS: dict[str, str] = {
     "build": "wheels.build:cli",
+    "bench": "wheels.bench:cli",
     "abi": "wheels.abi.cli:cli",
     "gpu-test": "wheels.gpu:main",
 }

@@ -190,12 +190,20 @@ def _torch_builds(raw: Mapping[str, Any], env: Mapping[str, str], where: str) ->
         for key in ("version", "cuda", "index-url"):
             if key not in table:
                 raise ConfigError(f'Missing "{key}" in {loc}')
-        env_key = "TORCH_INDEX_URL_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
-        index_url = env.get(env_key) or env.get("TORCH_INDEX_URL") or table["index-url"]
+        index_url = env.get(index_env_key(name)) or env.get("TORCH_INDEX_URL") or table["index-url"]
         builds[name] = TorchBuild(
             name=name, source="index", version=str(table["version"]), cuda=str(table["cuda"]), index_url=index_url
         )
+    # A mistyped per-build override (TORCH_INDEX_URL_CU12) would be ignored and torch fetched from the default index.
+    known = {index_env_key(name) for name, build in builds.items() if build.source == "index"}
+    for key in env:
+        if key.startswith("TORCH_INDEX_URL_") and key not in known:
+            raise unknown("environment variable", key, known, f"the environment (torch builds of {where})")
     return builds
+
+
+def index_env_key(build: str) -> str:
+    return "TORCH_INDEX_URL_" + re.sub(r"[^A-Za-z0-9]", "_", build).upper()
 
 
 def load_torch_builds(path: Path, env: Mapping[str, str]) -> dict[str, TorchBuild]:
@@ -211,7 +219,7 @@ def _resolve_extends(raw: Mapping[str, Mapping[str, Any]], name: str, where: str
         return dict(table)
     if parent not in raw:
         raise unknown("target", parent, raw, f'{where} [targets.{name}] extends')
-    if parent in seen:
+    if parent in (*seen, name):  # name itself too: a target that extends itself is a loop of one
         raise ConfigError(f"Targets extend each other in a loop: {' -> '.join((*seen, name, parent))} in {where}")
     merged = _resolve_extends(raw, parent, where, (*seen, name))
     merged.pop("default", None)  # being a default target is never inherited
@@ -316,6 +324,16 @@ def _int_setting(value: str | int | None, name: str) -> int | None:
 
 def _bool_setting(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def without_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` minus every variable this pipeline reads (and CUDA_PATH, CUDA_HOME's twin): for runs that must not
+    inherit a caller's MAX_JOBS, CUDA_HOME, WHEELHOUSE or torch index (tests, benchmarks)."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k not in ENV_VARS and k != "CUDA_PATH" and not k.startswith(("WHEELS_", "TORCH_INDEX_URL_"))
+    }
 
 
 def check_env(env: Mapping[str, str]) -> None:
