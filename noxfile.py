@@ -1,6 +1,8 @@
 """Sessions: a table of contents. Logic lives in the importable packages wheels/, image/ and models/.
 
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
+    nox -s publish           upload the wheelhouse's gated wheels to an index (default: the embedded one), then prove it
+    nox -s index             serve the embedded index (pypiserver on 127.0.0.1) in the foreground until Ctrl-C
     nox -s tests             the test suite (unit + integration; what CI runs)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
@@ -21,6 +23,8 @@ ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
 PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
+# What publishing adds: the embedded index (pypiserver, waitress, passlib), uploads (twine, keyring), the pip proof.
+PUBLISH = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -38,8 +42,20 @@ def wheels(session: nox.Session) -> None:
     _wheels(session, "build")
 
 
+@nox.session(default=False)
+def publish(session: nox.Session) -> None:
+    """Publish gated wheels: `-- [TARGET ...] [--repository-url URL | --static DIR] [--index-url URL]`."""
+    _wheels(session, "publish", *PUBLISH)
+
+
+@nox.session(default=False)
+def index(session: nox.Session) -> None:
+    """Serve the embedded index with the wheelhouse's gated wheels in it: `-- [--port N] [--index-dir DIR]`."""
+    _wheels(session, "index", *PUBLISH)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *PUBLISH, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))

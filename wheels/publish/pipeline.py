@@ -260,9 +260,8 @@ def publish_upload(
 
 def prove(staged: Sequence[Staged], index_url: str, creds: Credentials | None, outcome: Outcome) -> None:
     with log.step(f"Resolving {len(staged)} wheel(s) from {mask_url(index_url)} with pip, as an image build will"):
-        for s in staged:
-            resolve_from_index(s.expected(), index_url, creds=creds)
-            outcome.verified.append(s.filename)
+        resolve_from_index([s.expected() for s in staged], index_url, creds=creds)
+        outcome.verified.extend(s.filename for s in staged)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

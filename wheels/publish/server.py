@@ -112,11 +112,17 @@ def load_credentials(data_dir: Path, env: Mapping[str, str]) -> Credentials:
 
 def write_htpasswd(path: Path, creds: Credentials) -> None:
     """An Apache htpasswd file (passlib), sha256-crypt with modest rounds: verified on every upload request."""
-    from passlib.apache import HtpasswdFile
-    from passlib.hash import sha256_crypt
+    import warnings
 
+    with warnings.catch_warnings():
+        # passlib 1.7.4 imports the stdlib `crypt` (deprecated in 3.11, gone in 3.13, where passlib hashes in Python).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from passlib.apache import HtpasswdFile
+        from passlib.hash import sha256_crypt
+
+        digest = sha256_crypt.using(rounds=20_000).hash(creds.password)
     ht = HtpasswdFile(new=True)
-    ht.set_hash(creds.username, sha256_crypt.using(rounds=20_000).hash(creds.password))
+    ht.set_hash(creds.username, digest)
     _write_private(path, ht.to_string().decode())
 
 
