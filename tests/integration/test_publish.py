@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -355,18 +356,22 @@ def test_canary_wheelhouse_to_index_to_pip_install(tmp_path: Path, canary_wheelh
     torch = TorchBuild(name="cu124", source="index", version="2.5.1", cuda="12.4", index_url="https://pypi.org/simple")
     with embedded_index(index_dir, env=run_env) as idx, fresh_env("3.11", "python3", prefix="canary-install-") as venv:
         install_torch(venv, torch)  # torch from PyPI (uv's cache makes this quick)
+        report = tmp_path / "pip-report.json"
         install = subprocess.run(
             [sys.executable, "-m", "pip", "--python", str(venv.python), "install", "--isolated", "--no-cache-dir",
-             "--disable-pip-version-check", "--index-url", idx.simple_url, "--extra-index-url", torch.index_url,
-             f"{record.package}=={record.version}"],
+             "--disable-pip-version-check", "--report", str(report), "--index-url", idx.simple_url,
+             "--extra-index-url", torch.index_url, f"{record.package}=={record.version}"],
             text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
         assert install.returncode == 0, install.stdout
-        assert record.filename in install.stdout  # pip took our file, from our index
+        (item,) = json.loads(report.read_text())["install"]  # torch was already there: only the canary is new
+        assert item["download_info"]["url"].startswith(idx.url)  # from our index ...
+        assert urllib.parse.unquote(item["download_info"]["url"]).endswith("/" + record.filename)
+        assert item["download_info"]["archive_info"]["hashes"]["sha256"] == record.sha256  # ... the very file we built
         probe = subprocess.run(
             [str(venv.python), "-c",
              "import importlib.metadata as m, torch, canary, canary._C; print(m.version('canary'), torch.__version__)"],
-            text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
-        assert probe.returncode == 0, probe.stdout
+        assert probe.returncode == 0, probe.stderr
         assert probe.stdout.split() == [record.version, "2.5.1+cu124"]
