@@ -4,12 +4,14 @@
     nox -s publish           upload the wheelhouse's gated wheels to an index (default: the embedded one), then prove it
     nox -s index             serve the embedded index (pypiserver on 127.0.0.1) in the foreground until Ctrl-C
     nox -s tests             the test suite (unit + integration; what CI runs)
+    nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
 """
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import nox
@@ -22,7 +24,9 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
-PIPELINE = ("packaging", "psutil", "pyelftools", "uv")
+PIPELINE = ("packaging", "psutil", "pyelftools")
+# What the models downloader imports (it also runs inside the image, without the pipeline).
+MODELS = ("huggingface_hub", "tqdm")
 # What publishing adds: the embedded index (pypiserver, waitress, passlib), uploads (twine, keyring), the pip proof.
 PUBLISH = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
 
@@ -54,8 +58,21 @@ def index(session: nox.Session) -> None:
     _wheels(session, "index", *PUBLISH)
 
 
+@nox.session(default=False)
+def models(session: nox.Session) -> None:
+    """Download models: `-- --variant fp8 --dest DIR`, `-- --list [--dest DIR]`, `-- --manifest my.toml --dest DIR`."""
+    _install(session, *MODELS)
+    session.run("python", "-m", "models", *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *PUBLISH, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *PUBLISH, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
+
+
+@nox.session(default=bool(shutil.which("nvidia-smi")))
+def gpu_test(session: nox.Session) -> None:
+    """Prove gated wheels on a GPU: `-- [TARGET ...] [--system-torch] [--image TAG] [--allow-no-gpu]`."""
+    _wheels(session, "gpu-test")

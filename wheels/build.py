@@ -55,6 +55,8 @@ NEVER_GRAFT = (
     "libpython*.so*",
 )
 
+REPRODUCIBLE_EPOCH = "315532800"  # 1980-01-01, the earliest time a zip entry can carry
+
 _OOM_PATTERNS = re.compile(
     r"Killed signal terminated program|died due to signal 9|signal 9 \(Kill signal\)|"
     r"fatal error: Killed|std::bad_alloc|virtual memory exhausted|Cannot allocate memory|out of memory allocating",
@@ -123,7 +125,7 @@ class Pipeline:
             inputs = key_inputs(
                 target,
                 source_hash=sources.source_hash(target),
-                toolchain={"nvcc": plan.nvcc_version, "host_cxx": self.toolchains.host_cxx},
+                toolchain=plan.identity(self.toolchains.host_cxx),
                 torch=torch_identity,
                 python=python,
                 backend=self.opts.backend,
@@ -356,10 +358,12 @@ class Pipeline:
         out = toolchain.env(base)
         out.update(
             {
+                # Reproducible archives: bdist_wheel and auditwheel stamp zip entries with this time.
+                "SOURCE_DATE_EPOCH": self.env.get("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH),
                 "TORCH_CUDA_ARCH_LIST": target.arch_list,
                 "FORCE_CUDA": "1",
                 **plan.env(),
-                **ctx.recipe.build_env(target, plan),
+                **ctx.recipe.build_env(target, plan, label),
             }
         )
         ccache = env.bin / "ccache"
@@ -452,6 +456,7 @@ class Pipeline:
             cmd += ["--exclude", pattern]
         cmd.append(str(wheel))
         run_env = env.environ(self.env)
+        run_env.setdefault("SOURCE_DATE_EPOCH", REPRODUCIBLE_EPOCH)
         run_env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(torch.lib), run_env.get("LD_LIBRARY_PATH")]))
         result = run(cmd, env=run_env, error=BuildError, what="auditwheel repair",
                      fix="read auditwheel's message: it names the library or symbol version that blocks the tag")

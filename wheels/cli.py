@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -12,6 +13,7 @@ from .errors import PipelineError, unknown
 # command -> "module:function"; each function takes argv and returns an exit status. Imported only when used.
 COMMANDS: dict[str, str] = {
     "build": "wheels.build:cli",
+    "gpu-test": "wheels.gpu:main",
     "publish": "wheels.publish.cli:publish_cli",
     "index": "wheels.publish.cli:index_cli",
 }
@@ -26,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(unknown("command", args[0], COMMANDS, "python -m wheels").render(), file=sys.stderr)
         return 2
     module, func = COMMANDS[args[0]].split(":")
+    # A SIGTERM (CI timeout, `kill`) unwinds like Ctrl-C, so a running build stops its compiler tree and leaves
+    # neither a half wheel nor a record.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(getattr(importlib.import_module(module), func)(args[1:]))
     except PipelineError as e:
@@ -34,3 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.info("interrupted; build trees are kept, so a rerun resumes")
         return 130
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -11,16 +11,16 @@ import time
 from collections.abc import Iterator
 from typing import TextIO
 
-_stream: TextIO = sys.stderr
+_stream: TextIO | None = None  # None: whatever sys.stderr is at the time (so pytest's capture sees it)
 
 
-def set_stream(stream: TextIO) -> None:
+def set_stream(stream: TextIO | None) -> None:
     global _stream
     _stream = stream
 
 
 def _emit(prefix: str, message: str) -> None:
-    print(f"{prefix} {message}", file=_stream, flush=True)
+    print(f"{prefix} {message}", file=_stream or sys.stderr, flush=True)
 
 
 def info(message: str) -> None:

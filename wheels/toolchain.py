@@ -26,7 +26,7 @@ from pathlib import Path
 
 from . import log
 from .errors import ToolchainError
-from .util import download, run, uv_bin
+from .util import canonical_json, download, run, sha256_text, uv_bin
 
 TOOLKITS_FILE = Path(__file__).with_name("toolkits.toml")
 DEB_PROGRAMS = ("cudafe++", "fatbinary", "nvlink", "bin2c", "cuobjdump", "nvprune", "nvdisasm", "cu++filt")
@@ -40,13 +40,17 @@ class Toolchain:
     nvcc_version: str  # "12.4.131"
     host_cxx: str  # first line of `c++ --version`
     origin: str  # "CUDA_HOME", "provisioned", "/usr/local/cuda", "PATH"
+    recipe: str | None = None  # provisioning recipe id when this pipeline provisioned it
 
     def tool(self, name: str) -> Path:
         return self.cuda_home / "bin" / name
 
     def identity(self) -> dict[str, str]:
         """What goes into cache keys and records (never the path: the same compiler elsewhere is the same)."""
-        return {"nvcc": self.nvcc_version, "host_cxx": self.host_cxx}
+        out = {"nvcc": self.nvcc_version, "host_cxx": self.host_cxx}
+        if self.recipe:
+            out["toolkit_recipe"] = self.recipe
+        return out
 
     def env(self, base: Mapping[str, str]) -> dict[str, str]:
         env = dict(base)
@@ -63,6 +67,14 @@ class Plan:
     nvcc_version: str | None  # None: unavailable
     how: str  # human words: "CUDA_HOME=/x (nvcc 12.4.131)", "provision CUDA 12.4.131 into the cache", ...
     found: tuple[str, ...] = ()  # what was looked at and what it was, for the error message
+    recipe: str | None = None  # provisioning recipe id, for toolkits this pipeline provisions
+
+    def identity(self, host_cxx: str) -> dict[str, str]:
+        """The cache-key view of the toolchain: the same before and after provisioning."""
+        out = {"nvcc": self.nvcc_version or "", "host_cxx": host_cxx}
+        if self.recipe:
+            out["toolkit_recipe"] = self.recipe
+        return out
 
 
 def nvcc_version(nvcc: Path) -> tuple[str, str] | None:
@@ -124,17 +136,21 @@ class Toolchains:
             self._host_cxx = host_cxx_version(self.env)
         return self._host_cxx
 
-    def provisioned_home(self, nvcc_full: str) -> Path:
-        return self.root / f"cuda-{nvcc_full}"
+    def recipe_id(self, cuda: str) -> str:
+        """A short hash of a provisioning recipe: a changed pin is a different toolkit (and cache key)."""
+        return sha256_text(canonical_json(self.recipes[cuda]))[:10]
+
+    def provisioned_home(self, cuda: str) -> Path:
+        return self.root / f"cuda-{self.recipes[cuda]['nvcc-version']}-{self.recipe_id(cuda)}"
 
     def _candidates(self) -> list[tuple[str, Path]]:
         out: list[tuple[str, Path]] = []
         if self.env.get("CUDA_HOME"):
             out.append(("CUDA_HOME", Path(self.env["CUDA_HOME"])))
-        if self.root.is_dir():
-            for home in sorted(self.root.glob("cuda-*")):
-                if (home / ".complete").exists():
-                    out.append(("provisioned", home))
+        for cuda in self.recipes:  # only toolkits provisioned from the current recipes count
+            home = self.provisioned_home(cuda)
+            if (home / ".complete").exists():
+                out.append(("provisioned", home))
         out.append(("/usr/local/cuda", Path("/usr/local/cuda")))
         on_path = shutil.which("nvcc", path=self.env.get("PATH"))
         if on_path:
@@ -151,11 +167,14 @@ class Toolchains:
                 continue
             found.append(f"{origin} {home}: CUDA {version[0]} (nvcc {version[1]})")
             if version[0] == cuda:
-                return Plan(cuda, version[1], f"{origin} {home} (nvcc {version[1]})", tuple(found))
+                recipe_id = self.recipe_id(cuda) if origin == "provisioned" else None
+                return Plan(cuda, version[1], f"{origin} {home} (nvcc {version[1]})", tuple(found), recipe_id)
         recipe = self.recipes.get(cuda)
         if recipe:
             nvcc_full = recipe["nvcc-version"]
-            return Plan(cuda, nvcc_full, f"provision CUDA {nvcc_full} into {self.root}", tuple(found))
+            return Plan(
+                cuda, nvcc_full, f"provision CUDA {nvcc_full} into {self.root}", tuple(found), self.recipe_id(cuda)
+            )
         return Plan(cuda, None, "unavailable", tuple(found))
 
     def unavailable_error(self, plan: Plan, targets: list[str], buildable: list[str]) -> ToolchainError:
@@ -180,9 +199,9 @@ class Toolchains:
         for origin, home in self._candidates():
             version = nvcc_version(home / "bin" / "nvcc")
             if version and version[0] == cuda:
-                return Toolchain(home, cuda, version[1], self.host_cxx, origin)
+                return Toolchain(home, cuda, version[1], self.host_cxx, origin, plan.recipe)
         home = self.provision(cuda)
-        return Toolchain(home, cuda, plan.nvcc_version, self.host_cxx, "provisioned")
+        return Toolchain(home, cuda, plan.nvcc_version, self.host_cxx, "provisioned", plan.recipe)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Provisioning
@@ -191,7 +210,7 @@ class Toolchains:
         from .util import file_lock
 
         recipe = self.recipes[cuda]
-        home = self.provisioned_home(recipe["nvcc-version"])
+        home = self.provisioned_home(cuda)
         with file_lock(self.root / f".cuda-{cuda}.lock", f"the CUDA {cuda} toolkit"):
             if (home / ".complete").exists():
                 return home

@@ -54,7 +54,7 @@ def logs() -> Iterator[io.StringIO]:
     try:
         yield stream
     finally:
-        log.set_stream(sys.stderr)
+        log.set_stream(None)
     text = stream.getvalue()
     assert PASSWORD not in text and WRONG not in text, "a password reached the log"
 

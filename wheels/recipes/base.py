@@ -53,8 +53,10 @@ class Recipe:
     def prepare(self, src: Path, target: Target) -> None:
         """Patch the unpacked source tree in place (flavours). Called once per fresh build tree."""
 
-    def build_env(self, target: Target, plan: JobPlan) -> dict[str, str]:
-        """Variables the package's own build reads (beyond those the pipeline sets for every build)."""
+    def build_env(self, target: Target, plan: JobPlan, label: str) -> dict[str, str]:
+        """Variables the package's own build reads (beyond those the pipeline sets for every build).
+
+        ``label`` is the local version label the pipeline will write into the wheel (derived from torch)."""
         return {}
 
     def compile_units(self, src: Path, target: Target) -> int | None:
@@ -62,5 +64,5 @@ class Recipe:
         return None
 
     def flags(self, target: Target) -> dict[str, str]:
-        """Build flags that change the product; they go into the cache key. Default: the build_env with no plan."""
+        """Build flags that change the product; they go into the cache key (the label and job plan do not)."""
         return {}

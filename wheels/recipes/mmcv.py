@@ -13,7 +13,7 @@ from .base import Recipe
 
 
 class MmcvRecipe(Recipe):
-    def build_env(self, target, plan) -> dict[str, str]:  # noqa: ANN001
+    def build_env(self, target, plan, label: str) -> dict[str, str]:  # noqa: ANN001
         # FORCE_CUDA: there is no GPU at build time; MMCV_WITH_OPS: build mmcv (with _ext), not mmcv-lite.
         return {"MMCV_WITH_OPS": "1", "FORCE_CUDA": "1"}
 

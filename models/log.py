@@ -1,0 +1,70 @@
+"""Step logging with timings, in the style of ``wheels/log.py``; everything goes to stderr.
+
+stdout stays data-only (``--list --json``), so a start script can parse it while humans read stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from typing import TextIO
+
+_stream: TextIO = sys.stderr
+_lock = threading.Lock()  # downloads run in threads: keep lines whole
+
+
+def set_stream(stream: TextIO) -> None:
+    global _stream
+    _stream = stream
+
+
+def stream() -> TextIO:
+    return _stream
+
+
+def _emit(prefix: str, message: str) -> None:
+    with _lock:
+        print(f"{prefix} {message}", file=_stream, flush=True)
+
+
+def info(message: str) -> None:
+    _emit("[models]", message)
+
+
+def warn(message: str) -> None:
+    _emit("[models] warning:", message)
+
+
+def fmt_seconds(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def step(title: str) -> Iterator[None]:
+    """Log a step, then its duration when it ends (or that it failed)."""
+    _emit("[models] ==>", title)
+    start = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        _emit("[models]    ", f"failed after {fmt_seconds(time.monotonic() - start)}: {title}")
+        raise
+    _emit("[models]    ", f"done in {fmt_seconds(time.monotonic() - start)}")
