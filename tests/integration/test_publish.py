@@ -371,7 +371,50 @@ def test_canary_wheelhouse_to_index_to_pip_install(tmp_path: Path, canary_wheelh
         probe = subprocess.run(
             [str(venv.python), "-c",
              "import importlib.metadata as m, torch, canary, canary._C; print(m.version('canary'), torch.__version__)"],
-            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, capture_output=True,
         )  # fmt: skip
         assert probe.returncode == 0, probe.stderr
         assert probe.stdout.split() == [record.version, "2.5.1+cu124"]
+
+
+class _Redirecting(http.server.BaseHTTPRequestHandler):
+    """Redirects a project page to another host name (localhost) on the same port, noting who sent credentials."""
+
+    seen: list[tuple[str, str, bool]] = []
+
+    def do_GET(self) -> None:  # noqa: N802
+        type(self).seen.append((self.headers.get("Host", ""), self.path, "Authorization" in self.headers))
+        if self.path == "/simple/demo/":
+            self.send_response(302)
+            self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/moved/demo/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = b'<a href="/p/demo-1.0-py3-none-any.whl#sha256=' + b"a" * 64 + b'">demo-1.0-py3-none-any.whl</a>'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_credentials_are_not_sent_to_another_host_on_redirect() -> None:
+    from wheels.publish.credentials import Credentials
+    from wheels.publish.remote import IndexReader
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Redirecting)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        reader = IndexReader(f"http://127.0.0.1:{server.server_address[1]}/simple/", Credentials("u", PASSWORD))
+        (link,) = reader.links("demo")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert link.filename == "demo-1.0-py3-none-any.whl"
+    auth = {(host.split(":")[0], path): sent for host, path, sent in _Redirecting.seen}
+    assert auth[("127.0.0.1", "/simple/demo/")] is True  # the index's own host gets them
+    assert auth[("localhost", "/moved/demo/")] is False  # the redirect target does not
