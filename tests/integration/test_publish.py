@@ -128,6 +128,16 @@ def test_second_publish_is_a_no_op(tmp_path: Path, house: Path, env: dict[str, s
     check_no_secrets(house)
 
 
+def test_credentials_in_the_url_are_used_and_never_shown(
+    tmp_path: Path, house: Path, env: dict[str, str], index, logs: io.StringIO  # noqa: ANN001
+) -> None:
+    url = index.upload_url.replace("http://", f"http://ci-user:{PASSWORD}@")
+    outcome = publish(opts_for(tmp_path, house, env, "--repository-url", url), env)
+    assert len(outcome.uploaded) == 2 and len(outcome.verified) == 2
+    assert "ci-user" not in (house / "published.json").read_text()  # recorded as the bare URL
+    check_no_secrets(house, logs.getvalue())
+
+
 def test_wrong_credentials_fail_clearly_and_upload_nothing(
     tmp_path: Path,
     house: Path,

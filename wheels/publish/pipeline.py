@@ -30,7 +30,7 @@ from ..manifest import Record, Wheelhouse
 from ..options import load_matrix
 from ..util import file_lock, sha256_file
 from . import record, static
-from .credentials import Credentials, from_environment, mask_url
+from .credentials import Credentials, from_environment, mask_url, strip_userinfo
 from .remote import IndexReader
 from .server import EmbeddedIndex, embedded_index
 from .settings import PublishOptions, simple_url_for
@@ -343,8 +343,8 @@ def publish(opts: PublishOptions, env: Mapping[str, str]) -> Outcome:
         if opts.static_dir is not None:
             outcome = publish_static(staged, opts.static_dir, opts.wheelhouse)
         elif opts.repository_url:
-            url = opts.repository_url
-            creds = from_environment(url, env)
+            creds = from_environment(opts.repository_url, env)
+            url = strip_userinfo(opts.repository_url)[0]  # credentials travel as auth, never inside the URL
             if creds is not None:
                 log.info(f"upload credentials for {mask_url(url)}: user {creds.username!r} from {creds.source}")
             outcome = publish_upload(
