@@ -27,6 +27,8 @@ CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 PIPELINE = ("packaging", "psutil", "pyelftools")
 # What the models downloader imports (it also runs inside the image, without the pipeline).
 MODELS = ("huggingface_hub", "tqdm")
+# What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
+RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
 # What publishing adds: the embedded index (pypiserver, waitress, passlib), uploads (twine, keyring), the pip proof.
 PUBLISH = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
 
@@ -68,7 +70,7 @@ def models(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *MODELS, *PUBLISH, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, *PUBLISH, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 
