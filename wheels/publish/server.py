@@ -179,6 +179,14 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def _startup_fix(tail: str, port: int) -> str:
+    if "Address already in use" in tail:
+        return f"port {port} is taken: choose another with WHEELS_INDEX_PORT / --port"
+    if "cannot be longer than 72 bytes" in tail:
+        return "passlib 1.7.4 cannot load bcrypt 5: install the bcrypt pinned in constraints.txt (4.0.1)"
+    return "install the publish dependencies with the pins (`nox -s index` does) and see the server log"
+
+
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     if proc.poll() is not None:
         return
@@ -277,11 +285,7 @@ def embedded_index(
                 raise PublishError(
                     f"The embedded index (pypiserver) exited at start with status {proc.returncode}",
                     why=f"last lines of {server_log}:\n{tail}",
-                    fix=(
-                        f"port {chosen} is taken: choose another with WHEELS_INDEX_PORT / --port"
-                        if "Address already in use" in tail
-                        else "install the publish dependencies (`nox -s index` does) and see the server log"
-                    ),
+                    fix=_startup_fix(tail, chosen),
                 )
             log.info(f"embedded index (pypiserver, pid {proc.pid}) serving {packages} on {url}")
             yield EmbeddedIndex(url=url, data_dir=data_dir, credentials=creds, pid=proc.pid, _proc=proc)
