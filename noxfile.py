@@ -2,6 +2,8 @@
 
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
     nox -s abi               ABI-gate every wheel recorded in ./wheelhouse, or `-- path/to/x.whl ...` (opt-in)
+    nox -s publish           upload the wheelhouse's gated wheels to an index (default: the embedded one), then prove it
+    nox -s index             serve the embedded index (pypiserver on 127.0.0.1) in the foreground until Ctrl-C
     nox -s tests             the test suite (unit + integration; what CI runs)
     nox -s bench             benchmarks, appended to bench/results.md and bench/results.json (heavy: opt-in)
     nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
@@ -29,6 +31,8 @@ PIPELINE = ("packaging", "psutil", "pyelftools")
 MODELS = ("huggingface_hub", "tqdm")
 # What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
 RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
+# What publishing adds: the embedded index (pypiserver, waitress, passlib), uploads (twine, keyring), the pip proof.
+PUBLISH = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -53,6 +57,18 @@ def abi(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def publish(session: nox.Session) -> None:
+    """Publish gated wheels: `-- [TARGET ...] [--repository-url URL | --static DIR] [--index-url URL]`."""
+    _wheels(session, "publish", *PUBLISH)
+
+
+@nox.session(default=False)
+def index(session: nox.Session) -> None:
+    """Serve the embedded index with the wheelhouse's gated wheels in it: `-- [--port N] [--index-dir DIR]`."""
+    _wheels(session, "index", *PUBLISH)
+
+
+@nox.session(default=False)
 def models(session: nox.Session) -> None:
     """Download models: `-- --variant fp8 --dest DIR`, `-- --list [--dest DIR]`, `-- --manifest my.toml --dest DIR`."""
     _install(session, *MODELS)
@@ -68,7 +84,7 @@ def bench(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *MODELS, *RUNTIME, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, *PUBLISH, "pytest", "pytest-timeout")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 

@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "bench": "wheels.bench:cli",
     "abi": "wheels.abi.cli:cli",
     "gpu-test": "wheels.gpu:main",
+    "publish": "wheels.publish.cli:publish_cli",
+    "index": "wheels.publish.cli:index_cli",
 }
 
 

@@ -25,7 +25,7 @@ Backend = Literal["local", "container"]
 BACKENDS: tuple[str, ...] = ("local", "container")
 
 _TOP_KEYS = {"schema", "settings", "torch", "targets"}
-_SETTINGS_KEYS = {"wheelhouse", "cache-dir", "backend", "builder-image"}
+_SETTINGS_KEYS = {"wheelhouse", "cache-dir", "backend", "builder-image", "index-dir"}
 _TORCH_KEYS = {"version", "cuda", "index-url", "source"}
 _TARGET_KEYS = {
     "package",
@@ -56,6 +56,11 @@ ENV_VARS = {
     "NVCC_THREADS": "nvcc --threads per job (default: planned)",
     "TORCH_INDEX_URL": "index for every torch build (TORCH_INDEX_URL_<BUILD> for one build)",
     "CUDA_HOME": "a CUDA toolkit to use when its version matches the target",
+    "WHEELS_INDEX_DIR": "data folder of the embedded index (outside the wheelhouse; default .cache/index)",
+    "WHEELS_INDEX_PORT": "port of the embedded index on 127.0.0.1 (default: a free one)",
+    "WHEELS_INDEX_USERNAME": "upload user of the embedded index (default: generated into its data folder)",
+    "WHEELS_INDEX_PASSWORD": "upload password of the embedded index (with WHEELS_INDEX_USERNAME)",
+    "WHEELS_PUBLISH_INDEX_URL": "simple index URL that publish verifies against (default: derived from the upload URL)",
 }
 
 
@@ -367,8 +372,9 @@ class _ArgumentParserError(Exception):
     pass
 
 
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = build_parser()
+def parse_args(argv: Sequence[str], parser: argparse.ArgumentParser | None = None) -> argparse.Namespace:
+    """Parse with one error path: an unknown flag gets "Perhaps you meant ...", anything else a ConfigError."""
+    parser = parser or build_parser()
 
     def error(message: str) -> None:  # argparse would print and exit(2); we want one error path
         raise _ArgumentParserError(message)
@@ -381,7 +387,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if option:
             flags = [a for action in parser._actions for a in action.option_strings]
             raise unknown("option", option.group(1), flags, "the command line") from None
-        raise ConfigError(f"Bad arguments: {e}", fix="see `nox -s wheels -- --help`") from None
+        raise ConfigError(f"Bad arguments: {e}", fix=f"see `{parser.prog} --help`") from None
 
 
 def resolve(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> Options:

@@ -44,3 +44,12 @@ def canary_build(wheels_cache: Path, tmp_path_factory: pytest.TempPathFactory) -
         pytest.fail(f"building {CANARY_TARGET} failed (exit {result.returncode}):\n{result.stderr[-8000:]}")
     record = json.loads((wheelhouse / "manifest.json").read_text())["records"][CANARY_TARGET]
     return Build(wheelhouse, wheels_cache, wheelhouse / record["filename"], record, seconds, result.stderr)
+
+
+@pytest.fixture(scope="session")
+def canary_wheelhouse(canary_build: Build, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A wheelhouse holding the gated canary-cu124 wheel and its record: a copy of the session's one real build,
+    so a test may publish from it, tamper with it or rewrite its records without touching the others'."""
+    house = tmp_path_factory.mktemp("canary-wheelhouse")
+    shutil.copytree(canary_build.wheelhouse, house, dirs_exist_ok=True)
+    return house
