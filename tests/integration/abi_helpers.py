@@ -180,15 +180,21 @@ def _record_hash(data: bytes) -> str:
 
 
 def write_wheel(
-    folder: Path, package: str, module: Path, *, version: str = f"0.1.0+{LABEL}", metadata_version: str | None = None
+    folder: Path,
+    package: str,
+    module: Path,
+    *,
+    version: str = f"0.1.0+{LABEL}",
+    metadata_version: str | None = None,
+    init: str = "",
 ) -> Path:
-    """A wheel holding ``package/__init__.py`` and ``package/_C<EXT_SUFFIX>``; RECORD always right."""
+    """A wheel holding ``package/__init__.py`` (``init``) and ``package/_C<EXT_SUFFIX>``; RECORD always right."""
     folder.mkdir(parents=True, exist_ok=True)
     info = f"{package}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {package}\nVersion: {metadata_version or version}\n"
     tag = f"{PY_TAG}-{PY_TAG}-linux_x86_64"
     files = {
-        f"{package}/__init__.py": b"",
+        f"{package}/__init__.py": init.encode(),
         f"{package}/_C{EXT_SUFFIX}": module.read_bytes(),
         f"{info}/METADATA": metadata.encode(),
         f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: false\nTag: {tag}\n".encode(),

@@ -115,6 +115,10 @@ def probes(torch_tree: TorchTree, tmp_path_factory: pytest.TempPathFactory) -> d
         "metadata": write_wheel(
             root / "metadata" / "dist", "abiprobe_good", good, metadata_version="0.1.1+cu124torch2.5"
         ),
+        # Like mmcv, whose __init__ imports mmengine: the gate installs the wheel alone, without dependencies.
+        "pure_deps": write_wheel(
+            root / "pure_deps" / "dist", "abiprobe_good", good, init="import a_pure_python_dependency_not_installed\n"
+        ),
     }
 
 
@@ -174,6 +178,15 @@ def test_good_probe_passes(probes: dict[str, Path]) -> None:
     assert not failed(checks)
     assert "pre-C++11 ABI, like torch" in checks["cxx11_abi"]["summary"]
     assert checks["import"]["summary"] == "import torch, then abiprobe_good._C"  # discovered: no recipe names it
+
+
+def test_extension_is_checked_without_its_packages_pure_python_dependencies(probes: dict[str, Path]) -> None:
+    """The gate loads the extension by its file: a package __init__ that needs an uninstalled pure-Python dependency
+    (mmcv's needs mmengine) does not fail a good extension. Found on the H200, where mmcv's gate failed this way."""
+    result, checks = gate(probes["pure_deps"])
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert not failed(checks)
+    assert checks["import"]["summary"] == "import torch, then abiprobe_good._C"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
