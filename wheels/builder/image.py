@@ -93,7 +93,7 @@ def builder_spec(tag_template: str, base: str, plan: Plan) -> BuilderSpec:
 
 
 def docker_client(env: Mapping[str, str]) -> str:
-    """$DOCKER, else docker on PATH. Here that matters: only the engine's own client (/usr/bin/docker) speaks BuildKit."""
+    """$DOCKER, else docker on PATH (here only the engine's own client, /usr/bin/docker, speaks BuildKit)."""
     client = env.get("DOCKER") or shutil.which("docker", path=env.get("PATH"))
     if not client or not Path(client).exists():
         raise ImageError(
@@ -134,7 +134,7 @@ def ensure_image(spec: BuilderSpec, toolchain: Toolchain, cache_dir: Path, env: 
                 raise ImageError(
                     f"The image {spec.tag} exists but was not built by this pipeline (it has no {RECIPE_LABEL} label)",
                     why="the container backend only builds in images made from wheels/builder/Dockerfile",
-                    fix=f"choose another tag with --builder-image (WHEELS_BUILDER_IMAGE), or remove it: docker rmi {spec.tag}",
+                    fix=f"choose another tag with --builder-image (WHEELS_BUILDER_IMAGE), or `docker rmi {spec.tag}`",
                 )
             log.info(f"builder image {spec.tag} was built from another recipe ({recipe[:12]}); rebuilding it")
         build_image(spec, toolchain, cache_dir, docker, env)
@@ -196,18 +196,21 @@ def build_image(spec: BuilderSpec, toolchain: Toolchain, cache_dir: Path, docker
     """Stage the context (the toolkit and the tools, hard-linked where possible) and build the image."""
     tools = tools_dir(cache_dir, spec.tools)
     log_path = cache_dir / "builder" / f"build-{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.tag)}.log"
-    with log.step(f"Building the builder image {spec.tag} on {spec.base} (CUDA {spec.cuda}; log: {log_path})"):
-        with tempfile.TemporaryDirectory(dir=cache_dir / "builder", prefix=".context-") as tmp:
-            context = Path(tmp)
-            shutil.copytree(toolchain.cuda_home, context / "toolkit", symlinks=True, copy_function=_link_or_copy)
-            (context / "tools").mkdir()
-            for program in TOOL_WHEELS.values():
-                _link_or_copy(str(tools / program), str(context / "tools" / program))
-            shutil.copy2(DOCKERFILE, context / "Dockerfile")
-            cmd = build_command(docker, spec, context)
-            log.info("$ DOCKER_BUILDKIT=1 " + shlex.join(cmd))
-            with log_path.open("w") as out:
-                rc = subprocess.run(cmd, env={**env, "DOCKER_BUILDKIT": "1"}, stdout=out, stderr=subprocess.STDOUT).returncode
+    with (
+        log.step(f"Building the builder image {spec.tag} on {spec.base} (CUDA {spec.cuda}; log: {log_path})"),
+        tempfile.TemporaryDirectory(dir=cache_dir / "builder", prefix=".context-") as tmp,
+    ):
+        context = Path(tmp)
+        shutil.copytree(toolchain.cuda_home, context / "toolkit", symlinks=True, copy_function=_link_or_copy)
+        (context / "tools").mkdir()
+        for program in TOOL_WHEELS.values():
+            _link_or_copy(str(tools / program), str(context / "tools" / program))
+        shutil.copy2(DOCKERFILE, context / "Dockerfile")
+        cmd = build_command(docker, spec, context)
+        log.info("$ DOCKER_BUILDKIT=1 " + shlex.join(cmd))
+        with log_path.open("w") as out:
+            build_env = {**env, "DOCKER_BUILDKIT": "1"}
+            rc = subprocess.run(cmd, env=build_env, stdout=out, stderr=subprocess.STDOUT).returncode
     if rc != 0:
         tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
         raise ImageError(

@@ -34,7 +34,8 @@ IMPORT_CHANGES = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 
 def rootfs_key() -> str:
-    return sha256_text(canonical_json({"suite": SUITE, "variant": "minbase", "packages": PACKAGES, "python": PYTHON_TAG}))[:16]
+    spec = {"suite": SUITE, "variant": "minbase", "packages": PACKAGES, "python": PYTHON_TAG}
+    return sha256_text(canonical_json(spec))[:16]
 
 
 def ensure_standin_base(cache_dir: Path, env: Mapping[str, str], tag: str = DEFAULT_TAG) -> str:
