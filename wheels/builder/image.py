@@ -8,6 +8,7 @@ by this pipeline and is left alone, with an error that says so.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,7 +17,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,21 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
+def context_dir(env: Mapping[str, str], spec: BuilderSpec) -> Path:
+    cache_home = Path(env.get("XDG_CACHE_HOME") or Path(env.get("HOME") or Path.home()) / ".cache")
+    return cache_home / "steadydancer-wheels" / "builder-context" / spec.recipe[:16]
+
+
+@contextlib.contextmanager
+def _fresh_folder(folder: Path) -> Iterator[None]:
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    try:
+        yield
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def build_command(docker: str, spec: BuilderSpec, context: Path) -> list[str]:
     return [
         docker, "build", "--network=host",  # RUN steps reach what the host reaches (the engine here has no bridge)
@@ -196,11 +212,16 @@ def build_image(spec: BuilderSpec, toolchain: Toolchain, cache_dir: Path, docker
     """Stage the context (the toolkit and the tools, hard-linked where possible) and build the image."""
     tools = tools_dir(cache_dir, spec.tools)
     log_path = cache_dir / "builder" / f"build-{re.sub(r'[^A-Za-z0-9_.-]', '_', spec.tag)}.log"
+    # One context folder per recipe, at the same path whichever cache folder asks (tests use throwaway ones): BuildKit
+    # keys its copy of a build context by the folder's path, so a stable path lets it reuse that copy (2 GB, mostly
+    # the toolkit) and its layer cache across builds of one recipe, instead of keeping one more copy each time.
+    # Removed after the build; under the user's cache folder, not /tmp, which may be memory.
+    context = context_dir(env, spec)
     with (
+        file_lock(context.parent / f".{context.name}.lock", f"the build context of {spec.tag}"),
         log.step(f"Building the builder image {spec.tag} on {spec.base} (CUDA {spec.cuda}; log: {log_path})"),
-        tempfile.TemporaryDirectory(dir=cache_dir / "builder", prefix=".context-") as tmp,
+        _fresh_folder(context),
     ):
-        context = Path(tmp)
         shutil.copytree(toolchain.cuda_home, context / "toolkit", symlinks=True, copy_function=_link_or_copy)
         (context / "tools").mkdir()
         for program in TOOL_WHEELS.values():
