@@ -57,7 +57,6 @@ ENV_VARS = {
     "WHEELS_BACKEND": "local | container",
     "WHEELS_BUILDER_IMAGE": "builder image tag of the container backend ({cuda} is replaced by the target's CUDA)",
     "WHEELS_BUILDER_BASE": "base image the builder image is built on (default: the pinned manylinux_2_28 image)",
-    "DOCKER": "the docker client the container backend runs (default: docker on PATH)",
     "WHEELS_SYSTEM_PYTHON": "interpreter whose installed torch the 'system' torch build uses",
     "WHEELS_CUDA_ARCHS": "override every selected target's CUDA arch list",
     "WHEELS_KEEP_ENVS": "keep failed build and gate environments for inspection (1/0)",

@@ -36,8 +36,7 @@ SHARED = ("toolkits", "downloads", "builder", "container")
 
 def _env(**extra: str) -> dict[str, str]:
     """This environment without the pipeline's own settings (a developer's CUDA_HOME or WHEELS_* must not leak in)."""
-    dropped = (set(ENV_VARS) - {"DOCKER"}) | {"CUDA_PATH"}
-    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env = {k: v for k, v in os.environ.items() if k not in ENV_VARS and k != "CUDA_PATH"}
     env = {k: v for k, v in env.items() if not k.startswith(("WHEELS_", "TORCH_INDEX_URL", "CIBW_"))}
     return {**env, **extra}
 
