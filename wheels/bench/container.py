@@ -88,11 +88,11 @@ def _builder_base(ctx: Context, env: dict[str, str], notes: list[str]) -> str:
     """The configured base when it is present locally; else the Debian stand-in (imported when absent)."""
     docker = docker_client(env)
     base = ctx.options.builder_base
-    if inspect_image(docker, base) is not None:
+    if inspect_image(docker, base, env) is not None:
         notes.append(f"builder base: {base}")
         return base
     notes.append(f"builder base: the Debian bookworm stand-in ({STANDIN_TAG}); {base} is not present locally")
-    if inspect_image(docker, STANDIN_TAG) is None:
+    if inspect_image(docker, STANDIN_TAG, env) is None:
         notes.append("the stand-in base was imported first (not measured)")
     return STANDIN_TAG
 

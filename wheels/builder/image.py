@@ -104,9 +104,9 @@ def docker_client(env: Mapping[str, str]) -> str:
     return client
 
 
-def inspect_image(docker: str, ref: str) -> dict[str, Any] | None:
+def inspect_image(docker: str, ref: str, env: Mapping[str, str]) -> dict[str, Any] | None:
     """`docker image inspect` as a dict, or None when no such image is present locally."""
-    result = subprocess.run([docker, "image", "inspect", ref], capture_output=True, text=True)
+    result = subprocess.run([docker, "image", "inspect", ref], capture_output=True, text=True, env=dict(env))
     if result.returncode != 0:
         if "No such" in result.stderr or "not found" in result.stderr.lower():
             return None
@@ -125,7 +125,7 @@ def ensure_image(spec: BuilderSpec, toolchain: Toolchain, cache_dir: Path, env: 
     """The id of a local image for ``spec``: the present one when its recipe matches, else a fresh build."""
     docker = docker_client(env)
     with file_lock(cache_dir / "builder" / ".image.lock", f"the builder image {spec.tag}"):
-        info = inspect_image(docker, spec.tag)
+        info = inspect_image(docker, spec.tag, env)
         if info is not None:
             recipe = image_labels(info).get(RECIPE_LABEL)
             if recipe == spec.recipe:
@@ -139,16 +139,21 @@ def ensure_image(spec: BuilderSpec, toolchain: Toolchain, cache_dir: Path, env: 
                 )
             log.info(f"builder image {spec.tag} was built from another recipe ({recipe[:12]}); rebuilding it")
         build_image(spec, toolchain, cache_dir, docker, env)
-        info = inspect_image(docker, spec.tag)
+        info = inspect_image(docker, spec.tag, env)
         if info is None or image_labels(info).get(RECIPE_LABEL) != spec.recipe:
             raise ImageError(f"docker build finished but {spec.tag} does not carry recipe {spec.recipe[:12]}")
         return str(info["Id"])
 
 
+def tools_folder(cache_dir: Path, tools: Mapping[str, str]) -> Path:
+    key = sha256_text(canonical_json({"tools": dict(tools), "platform": TOOLS_PLATFORM}))[:16]
+    return cache_dir / "builder" / f"tools-{key}"
+
+
 def tools_dir(cache_dir: Path, tools: Mapping[str, str]) -> Path:
     """A folder with the tool programs (ccache, uv) at their pins, taken from their manylinux wheels; made once."""
-    key = sha256_text(canonical_json({"tools": dict(tools), "platform": TOOLS_PLATFORM}))[:16]
-    folder = cache_dir / "builder" / f"tools-{key}"
+    folder = tools_folder(cache_dir, tools)
+    key = folder.name.removeprefix("tools-")
     if all((folder / program).is_file() for program in TOOL_WHEELS.values()):
         return folder
     with file_lock(cache_dir / "builder" / f".tools-{key}.lock", "the builder tools"):

@@ -44,8 +44,9 @@ def ensure_standin_base(cache_dir: Path, env: Mapping[str, str], tag: str = DEFA
     tarball = rootfs_tarball(cache_dir, env)
     with log.step(f"Importing the stand-in base {tag} from {tarball.name}"):
         cmd = [docker, "import", *[a for change in IMPORT_CHANGES for a in ("--change", change)], str(tarball), tag]
-        run(cmd, error=ImageError, what=f"Importing {tarball} as {tag}", fix="check that the Docker engine is running")
-    info = inspect_image(docker, tag)
+        run(cmd, env=env, error=ImageError, what=f"Importing {tarball} as {tag}",
+            fix="check that the Docker engine is running")
+    info = inspect_image(docker, tag, env)
     assert info is not None
     return str(info["Id"])
 

@@ -147,7 +147,7 @@ def build_in_container(
                     fix=f"read {log_path}; compiled objects are kept in the compiler cache, so a rerun is quicker",
                 )
     finally:
-        _remove_containers(docker, run_id)
+        _remove_containers(docker, run_id, env)
     # The build tree goes once the wheel is recorded; cibuildwheel's log (its steps, with timings) is kept.
     logs = opts.cache_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -256,11 +256,12 @@ def _container_failure(meta: Path) -> str | None:
     return None
 
 
-def _remove_containers(docker: str, run_id: str) -> None:
+def _remove_containers(docker: str, run_id: str, env: Mapping[str, str]) -> None:
     """cibuildwheel removes its container when it ends normally; after a kill, this does."""
     found = subprocess.run(
-        [docker, "ps", "--all", "--quiet", "--filter", f"label={RUN_LABEL}={run_id}"], capture_output=True, text=True
+        [docker, "ps", "--all", "--quiet", "--filter", f"label={RUN_LABEL}={run_id}"],
+        capture_output=True, text=True, env=dict(env),
     ).stdout.split()
     if found:
         log.info(f"removing {len(found)} container(s) this run left behind")
-        subprocess.run([docker, "rm", "--force", "--volumes", *found], capture_output=True)
+        subprocess.run([docker, "rm", "--force", "--volumes", *found], capture_output=True, env=dict(env))
