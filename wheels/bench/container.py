@@ -1,4 +1,5 @@
-"""The container suite: `nox -s wheels -- --backend container canary-cu124`, measured end to end.
+"""The container suites: `nox -s wheels -- --backend container TARGET`, measured end to end (``container``:
+canary-cu124, minutes; ``container-mmcv``: mmcv-cu124, about an hour cold on 2 cores).
 
 1. cold: an empty compiler cache (the builder image, the container's wheel index and its uv cache, one-time setup,
    are reused when there; the notes say which had to be made first, outside the measurement);
@@ -34,20 +35,21 @@ from ..errors import BuildError
 from ..options import REPO_ROOT, without_settings
 from .results import Check, Context, Measurement, SuiteResult
 
-TARGET = "canary-cu124"
 NOOP_LIMIT_SECONDS = 10.0
 SHARED = ("toolkits", "downloads", "builder", "container")  # one-time setup, shared with the pipeline's own cache
 
 
-def _record(wheelhouse: Path) -> dict[str, Any] | None:
+def _record(wheelhouse: Path, target: str) -> dict[str, Any] | None:
     try:
-        return json.loads((wheelhouse / "manifest.json").read_text())["records"].get(TARGET)
+        return json.loads((wheelhouse / "manifest.json").read_text())["records"].get(target)
     except FileNotFoundError:
         return None
 
 
-def _measure(step: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, logs: Path) -> tuple[Measurement, str]:
-    before = _record(wheelhouse)
+def _measure(
+    step: str, target: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, logs: Path
+) -> tuple[Measurement, str]:
+    before = _record(wheelhouse, target)
     log_path = logs / f"{len(list(logs.iterdir())) + 1}-{re.sub(r'[^A-Za-z0-9]+', '-', step).strip('-')}.log"
     with log.step(f"bench container: {step}"), log_path.open("w") as out:
         started = time.monotonic()
@@ -60,7 +62,7 @@ def _measure(step: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, l
             why="\n".join(output.splitlines()[-30:]),
             fix=f"read {log_path}",
         )
-    record = _record(wheelhouse)
+    record = _record(wheelhouse, target)
     assert record is not None
     built = before is None or record["created"] != before["created"] or record["cache_key"] != before["cache_key"]
     stats = record["build"] if built else {}
@@ -71,8 +73,8 @@ def _measure(step: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, l
                  f"{container.get('test', {}).get('verdict')}, host gate {record['gate']['verdict']}")
     return Measurement(
         step=step,
-        target=TARGET,
-        command="nox -s wheels -- --backend container " + TARGET + (" --force" if "--force" in cmd else ""),
+        target=target,
+        command="nox -s wheels -- --backend container " + target + (" --force" if "--force" in cmd else ""),
         wall_seconds=round(wall, 2),
         peak_rss_bytes=None,
         jobs=stats.get("jobs"),
@@ -98,6 +100,14 @@ def _builder_base(ctx: Context, env: dict[str, str], notes: list[str]) -> str:
 
 
 def run(ctx: Context) -> SuiteResult:
+    return _run(ctx, "canary-cu124")
+
+
+def run_mmcv(ctx: Context) -> SuiteResult:
+    return _run(ctx, "mmcv-cu124")
+
+
+def _run(ctx: Context, target: str) -> SuiteResult:
     shared_root = ctx.options.cache_dir
     notes: list[str] = []
     env_base = {k: v for k, v in without_settings(ctx.env).items() if k not in ("VIRTUAL_ENV", "NOX_CURRENT_SESSION")}
@@ -113,12 +123,12 @@ def run(ctx: Context) -> SuiteResult:
             (shared_root / sub).mkdir(exist_ok=True)
             (cache / sub).symlink_to((shared_root / sub).resolve())
         env = {**env_base, "WHEELHOUSE": str(wheelhouse), "WHEELS_CACHE_DIR": str(cache), "WHEELS_BUILDER_BASE": base}
-        cmd = [sys.executable, "-m", "nox", "-s", "wheels", "--", "--backend", "container", TARGET]
+        cmd = [sys.executable, "-m", "nox", "-s", "wheels", "--", "--backend", "container", target]
 
         # Not measured: nox's session environment, and the one-time setup (stand-in base, builder image, the
         # container's wheel index and uv cache) that a warm machine already has.
         with log.step("bench container: one-time setup (not measured)"):
-            builder = [sys.executable, "-m", "wheels", "builder", TARGET]
+            builder = [sys.executable, "-m", "wheels", "builder", target]
             if base == STANDIN_TAG:
                 builder.append("--standin")
             util.run(builder, cwd=REPO_ROOT, env=env, error=BuildError, what="python -m wheels builder")
@@ -129,11 +139,11 @@ def run(ctx: Context) -> SuiteResult:
             if not missing
             else f"cold also set up what the cache lacked: {', '.join(missing)}"
         )
-        cold, _ = _measure("cold: empty compiler cache", cmd, env, wheelhouse, logs)
-        noop, output = _measure("no-op rerun", cmd, env, wheelhouse, logs)
-        if noop.built or f"{TARGET}: up to date" not in output:
+        cold, _ = _measure("cold: empty compiler cache", target, cmd, env, wheelhouse, logs)
+        noop, output = _measure("no-op rerun", target, cmd, env, wheelhouse, logs)
+        if noop.built or f"{target}: up to date" not in output:
             raise BuildError("bench container: the rerun was not a no-op", fix=f"read the logs in {logs}")
-        warm, _ = _measure("warm compiler cache (--force rebuild)", [*cmd, "--force"], env, wheelhouse, logs)
+        warm, _ = _measure("warm compiler cache (--force rebuild)", target, [*cmd, "--force"], env, wheelhouse, logs)
         if not warm.built:
             raise BuildError("bench container: --force did not rebuild", fix=f"read the logs in {logs}")
     notes.append(f"load average at the end {os.getloadavg()[0]:.2f} (other builds share these cores)")
