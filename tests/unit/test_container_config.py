@@ -163,10 +163,11 @@ def test_torch_forecast_reads_the_wheel_it_will_install(tmp_path: Path) -> None:
 
 
 def test_expectation_travels_into_the_container_unchanged() -> None:
-    opts = resolve(["flash-attn-hdim128-cu124"], {}, cwd=REPO)
+    env = {"WHEELS_IMAGE_BASE": "ubuntu-24.04"}
+    opts = resolve(["flash-attn-hdim128-cu124"], env, cwd=REPO)
     target = opts.targets["flash-attn-hdim128-cu124"]
     from wheels.recipes import RECIPES
 
-    expect = Pipeline.expectation(target, RECIPES[target.recipe])
+    expect = Pipeline(opts, env).expectation(target, RECIPES[target.recipe])
     assert expectation_from_json(json.loads(json.dumps(expectation_to_json(expect)))) == expect
-    assert expect.flavour == "hdim128" and expect.default_flavour == "full"
+    assert expect.flavour == "hdim128" and expect.default_flavour == "full" and expect.base == "ubuntu-24.04"
