@@ -58,6 +58,28 @@ def docker() -> str:
     return client
 
 
+def _build_cache(docker: str) -> list[dict]:
+    out = subprocess.run([docker, "system", "df", "--verbose", "--format", "{{json .BuildCache}}"],
+                         capture_output=True, text=True).stdout.strip()
+    return json.loads(out or "[]") or []
+
+
+@pytest.fixture(scope="module")
+def build_cache(docker: str) -> Iterator[None]:
+    """BuildKit keeps what a build made (the 2 GB context, the toolkit layer) after its image is gone: remove the
+    records this module's builds added, so a test run leaves the engine's build cache as it found it."""
+    before = {r["ID"] for r in _build_cache(docker)}
+    yield
+    # One record per call (the engine takes one id filter at a time), newest first: a step's record keeps its
+    # parent in use, so parents go on a later pass.
+    for _ in range(4):
+        added = [r for r in _build_cache(docker) if r["ID"] not in before]
+        if not added:
+            break
+        for record in sorted(added, key=lambda r: r["CreatedAt"], reverse=True):
+            subprocess.run([docker, "builder", "prune", "--force", f"--filter=id={record['ID']}"], capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     cache = tmp_path_factory.mktemp("container-cache")
@@ -71,7 +93,7 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def images(docker: str, cache: Path) -> Iterator[dict[str, str]]:
+def images(docker: str, cache: Path, build_cache: None) -> Iterator[dict[str, str]]:
     """The stand-in base and the builder image on it, made by `python -m wheels builder --standin`; removed after."""
     run_id = uuid.uuid4().hex[:8]
     tags = {"base": f"wheels-test-standin:{run_id}", "builder": f"wheels-test-builder:{run_id}-cuda{{cuda}}"}

@@ -100,6 +100,8 @@ def test_static_settings_name_the_container_paths_the_backend_mounts() -> None:
     assert "{wheel}" in build.test_command
     test_env = build.test_environment.as_dictionary({"PATH": "/usr/bin"})
     assert test_env["UV_CONFIG_FILE"] == config.UV_TEST_CONFIG
+    # The build interpreter links packages from the uv cache; the test environment is a plain (copied) install.
+    assert build.environment.as_dictionary({})["UV_LINK_MODE"] == "symlink" and test_env["UV_LINK_MODE"] == "copy"
     assert f"UV_CONFIG_FILE={config.UV_CONFIG} " in build.before_test  # torch itself comes with its dependencies
 
 

@@ -11,6 +11,7 @@ The Pipeline then gates the wheel again on the host and records it, exactly as f
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -62,7 +63,6 @@ def build_in_container(
 ) -> Built:
     opts, env = pipeline.opts, pipeline.env
     target, recipe = ctx.target, ctx.recipe
-    tag = f"[{target.name}]"
     if importlib.util.find_spec("cibuildwheel") is None:
         raise ConfigError("The container backend needs cibuildwheel", fix="run it through `nox -s wheels`")
 
@@ -98,6 +98,25 @@ def build_in_container(
         max_jobs=opts.max_jobs,
         nvcc_threads=opts.nvcc_threads,
     )
+    run = _run_cibuildwheel(pipeline, ctx, spec, mounts, out, label, plan, work, src, tree)
+    return _collect(ctx, expect, spec, image_id, out, meta, label, run, opts.cache_dir)
+
+
+@dataclasses.dataclass
+class _Run:
+    plan: JobPlan
+    attempts: int
+    progress: NinjaProgress
+
+
+def _run_cibuildwheel(
+    pipeline: Pipeline, ctx: Context, spec: BuilderSpec, mounts: config.Mounts, out: Path, label: str,
+    plan: JobPlan, work: Path, src: Path, tree: Path,
+) -> _Run:
+    """cibuildwheel, with fewer jobs after a kill for memory (as the local backend does); its log is kept."""
+    opts, env = pipeline.opts, pipeline.env
+    target, recipe, tag = ctx.target, ctx.recipe, f"[{ctx.target.name}]"
+    meta = mounts.meta
     docker = docker_client(env)
     run_id = uuid.uuid4().hex[:12]
     attempts = 0
@@ -152,13 +171,13 @@ def build_in_container(
     logs = opts.cache_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     shutil.copy2(log_path, logs / f"{target.name}.cibuildwheel.log")
+    return _Run(plan, attempts, progress)
 
-    return _collect(ctx, expect, spec, image_id, out, meta, label, plan, attempts, progress, opts.cache_dir)
 
 
 def _collect(
     ctx: Context, expect: Expectation, spec: BuilderSpec, image_id: str, out: Path, meta: Path, forecast_label: str,
-    plan: JobPlan, attempts: int, progress: NinjaProgress, cache_dir: Path,
+    run: _Run, cache_dir: Path,
 ) -> Built:
     """Read what the container left (the wheel, build-info.json, gate.json, the ccache log) and check it."""
     target, tag = ctx.target, f"[{ctx.target.name}]"
@@ -184,12 +203,12 @@ def _collect(
     check_not_grafted(wheel)
     gate = json.loads((meta / "gate.json").read_text())
     stats: dict[str, Any] = {
-        "jobs": plan.jobs,
-        "nvcc_threads": plan.nvcc_threads,
-        "attempts": attempts,
+        "jobs": run.plan.jobs,
+        "nvcc_threads": run.plan.nvcc_threads,
+        "attempts": run.attempts,
         "peak_rss_bytes": None,  # the compilers ran in the container; this host's process tree does not show them
         "max_process_rss_bytes": None,
-        "compile_units": progress.total,
+        "compile_units": run.progress.total,
         "compiler_cache": ccache_stats(tools_dir(cache_dir, spec.tools) / "ccache", meta / "ccache-stats.log"),
         "container": {
             "image": spec.tag,

@@ -95,7 +95,11 @@ def compile_environment(
         "UV_CONFIG_FILE": UV_CONFIG,
         "UV_CONSTRAINT": f"{SUPPORT}/constraints.txt",
         "UV_CACHE_DIR": UV_CACHE,
-        "UV_LINK_MODE": "copy",  # the cache is a bind mount: another filesystem than the environments
+        # The build interpreter's packages stay in the cache (a bind mount, so hard links are impossible) and are
+        # linked in: torch and its CUDA wheels are 5 GB the container would otherwise copy for every build. The
+        # test environment copies instead (pyproject.toml): the gate resolves files to their real paths, and its
+        # model of torch's RPATHs needs them laid out as a normal install.
+        "UV_LINK_MODE": "symlink",
         "PIP_NO_INDEX": "1",
         "PIP_FIND_LINKS": WHEELS,
     }
