@@ -5,8 +5,9 @@ Debian bookworm stand-in base (debootstrap), not on manylinux_2_28. Everything e
 commands, the same cibuildwheel configuration, the local wheel index, the compiler cache, the gate and the record.
 One build (cold compiler cache); the images and the cache folder it creates are removed afterwards.
 
-Set TEST_WHEELS_CACHE to keep the toolkit, the downloads, the stand-in rootfs, the wheel index and the container's
-uv cache between sessions (a developer's loop; CI leaves it unset and starts cold).
+The toolkit comes from the session's cache (conftest.py's wheels_cache). Set TEST_WHEELS_CACHE to keep the toolkit,
+the downloads, the stand-in rootfs, the wheel index and the container's uv cache between sessions (a developer's loop;
+CI leaves it unset and starts cold).
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
 REPO = Path(__file__).resolve().parents[2]
 TARGET = "canary-cu124"
-SHARED = ("toolkits", "downloads", "builder", "container")
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -81,11 +81,16 @@ def build_cache(docker: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def cache(wheels_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """This module's cache: the session's toolkit and downloads (shared with the canary build, provisioned once),
+    its own builder files, wheel index and uv cache (8 GB, removed when the module ends, not the session)."""
     cache = tmp_path_factory.mktemp("container-cache")
+    for sub in ("toolkits", "downloads"):
+        (wheels_cache / sub).mkdir(parents=True, exist_ok=True)
+        (cache / sub).symlink_to(wheels_cache.resolve() / sub)
     shared = os.environ.get("TEST_WHEELS_CACHE")
     if shared:
-        for sub in SHARED:
+        for sub in ("builder", "container"):
             (Path(shared) / sub).mkdir(parents=True, exist_ok=True)
             (cache / sub).symlink_to(Path(shared).resolve() / sub)
     yield cache
