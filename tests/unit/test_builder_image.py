@@ -31,6 +31,13 @@ if args[:2] == ["image", "inspect"]:
     if image is None:
         sys.stderr.write("Error: No such image: " + args[2] + "\n"); sys.exit(1)
     print(json.dumps([image])); sys.exit(0)
+if args[0] == "rmi":
+    state["images"] = {{t: i for t, i in state["images"].items() if i["Id"] != args[1]}}
+    save(); sys.exit(0)
+if args[0] == "import":
+    labels = dict(c[len("LABEL "):].split("=", 1) for c in args if c.startswith("LABEL "))
+    state["images"][args[-1]] = {{"Id": "sha256:" + "c" * 64, "Config": {{"Labels": labels}}}}
+    save(); sys.exit(0)
 if args[0] == "build":
     labels = dict(a.split("=", 1) for a in args[args.index("build"):] if "=" in a and a.startswith("org."))
     tag = args[args.index("--tag") + 1]
@@ -118,3 +125,19 @@ def test_build_command_labels_the_recipe_and_the_base(tmp_path: Path) -> None:
     assert f"{RECIPE_LABEL}={_spec().recipe}" in cmd and f"{BASE_LABEL}=base:1" in cmd
     assert cmd[cmd.index("--tag") + 1] == "b:cuda12.4" and cmd[-1] == str(tmp_path)
     assert "CUDA_VERSION=12.4" in cmd
+
+
+def test_the_stand_in_base_is_imported_once_per_rootfs_recipe(docker, tmp_path: Path) -> None:  # noqa: ANN001
+    from wheels.builder.standin import ROOTFS_LABEL, ensure_standin_base, rootfs_key
+
+    env, state = docker
+    cache = tmp_path / "cache"
+    tarball = cache / "builder" / f"standin-bookworm-{rootfs_key()}.tar"
+    tarball.parent.mkdir(parents=True)
+    tarball.write_bytes(b"")  # the cached rootfs: no debootstrap in a unit test
+    _put(state, "base:standin", {ROOTFS_LABEL: "an-older-recipe"})
+    assert ensure_standin_base(cache, env, "base:standin") == "sha256:" + "c" * 64
+    calls = [c[0] for c in _state(state)["calls"]]
+    assert calls.count("import") == 1 and "rmi" in calls  # the tag moved; its old image went
+    assert ensure_standin_base(cache, env, "base:standin") == "sha256:" + "c" * 64
+    assert [c[0] for c in _state(state)["calls"]].count("import") == 1  # current: not imported again

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,13 +23,14 @@ from .. import log
 from ..errors import ImageError
 from ..toolchain import debian_mirror
 from ..util import canonical_json, file_lock, run, sha256_text
-from .image import docker_client, inspect_image
+from .image import docker_client, image_labels, inspect_image
 
 SUITE = "bookworm"
 # A compiler for the host code, Python with its headers (extensions include Python.h) and venv for the layout.
 PACKAGES = ("g++", "python3", "python3-dev", "python3-venv")
 PYTHON_TAG = "cp311-cp311"
 DEFAULT_TAG = "steadydancer-wheel-builder-base:standin-bookworm"
+ROOTFS_LABEL = "org.steadydancer.wheels.standin-rootfs"
 # docker import gives an image no environment; a base image normally sets PATH (the Dockerfile extends it).
 IMPORT_CHANGES = ("ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 'CMD ["/bin/bash"]')
 
@@ -39,13 +41,22 @@ def rootfs_key() -> str:
 
 
 def ensure_standin_base(cache_dir: Path, env: Mapping[str, str], tag: str = DEFAULT_TAG) -> str:
-    """Import the stand-in base as ``tag`` (from the cached rootfs, made first when absent); returns the image id."""
+    """The stand-in base as ``tag``: the present image when it was imported from the current rootfs recipe, else
+    imported from the cached rootfs (made first when absent). Returns the image id."""
     docker = docker_client(env)
+    present = inspect_image(docker, tag, env)
+    key = rootfs_key()
+    if present is not None and image_labels(present).get(ROOTFS_LABEL) == key:
+        log.info(f"stand-in base {tag} ({present['Id'][7:19]}) is current; not imported again")
+        return str(present["Id"])
     tarball = rootfs_tarball(cache_dir, env)
+    changes = [*IMPORT_CHANGES, f"LABEL {ROOTFS_LABEL}={key}"]
     with log.step(f"Importing the stand-in base {tag} from {tarball.name}"):
-        cmd = [docker, "import", *[a for change in IMPORT_CHANGES for a in ("--change", change)], str(tarball), tag]
+        cmd = [docker, "import", *[a for change in changes for a in ("--change", change)], str(tarball), tag]
         run(cmd, env=env, error=ImageError, what=f"Importing {tarball} as {tag}",
             fix="check that the Docker engine is running")
+    if present is not None:  # the tag moved: drop the old image unless something still uses it
+        subprocess.run([docker, "rmi", present["Id"]], capture_output=True, env=dict(env))
     info = inspect_image(docker, tag, env)
     assert info is not None
     return str(info["Id"])
