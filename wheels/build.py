@@ -25,7 +25,7 @@ from . import log, sources
 from .abi.gate import Expectation, GateReport, check_wheel
 from .cachekey import cache_key, key_inputs
 from .envs import PythonEnv, TorchInfo, cached_env
-from .errors import BuildError, GateError, OutOfMemoryError, PipelineError, ToolchainError
+from .errors import BuildError, ConfigError, GateError, OutOfMemoryError, PipelineError, ToolchainError
 from .jobs import JobPlan, fewer_jobs, plan_jobs
 from .label import check_torch_matches, local_label
 from .manifest import Record, Wheelhouse
@@ -127,7 +127,7 @@ class Pipeline:
             inputs = key_inputs(
                 target,
                 source_hash=sources.source_hash(target),
-                toolchain=plan.identity(self.toolchains.host_cxx),
+                toolchain=self.toolchain_identity(plan),
                 torch=torch_identity,
                 python=python,
                 backend=self.opts.backend,
@@ -138,6 +138,18 @@ class Pipeline:
             state, record = "no toolchain", self.wheelhouse.record(target.name)
         return Context(target, recipe, cuda, python, torch_identity, plan, inputs, key, state, record)
 
+    def toolchain_identity(self, plan: Plan) -> dict[str, str]:
+        """The cache key's view of the compilers. In a container they are the builder image's: its recipe (base,
+        toolkit, tools, Dockerfile) stands for them, computable before the image exists (CI keys caches on it)."""
+        if self.opts.backend == "container":
+            from .builder.image import builder_spec
+
+            identity = plan.identity(host_cxx="")
+            identity.pop("host_cxx", None)
+            identity.update(builder_spec(self.opts.builder_image, self.opts.builder_base, plan).identity())
+            return identity
+        return plan.identity(self.toolchains.host_cxx)
+
     def buildable_elsewhere(self) -> list[str]:
         """Targets of the matrix (not using the system torch) whose CUDA toolkit this machine has or can provision."""
         names = []
@@ -146,6 +158,17 @@ class Pipeline:
                 if self.toolchains.plan(target.torch.cuda).nvcc_version is not None:
                     names.append(name)
         return names
+
+    def check_backend(self, targets: list[Target]) -> None:
+        """Targets the chosen backend cannot build, found before anything is resolved."""
+        if self.opts.backend == "container":
+            system = [t.name for t in targets if t.torch.source == "system"]
+            if system:
+                raise ConfigError(
+                    f"The container backend cannot build {', '.join(system)}: they use this host's own torch",
+                    why="in the container, torch and Python come from the builder image and the target's torch index",
+                    fix="build them with --backend local, or pick the matching index target (e.g. canary-cu124)",
+                )
 
     def preflight(self, contexts: list[Context]) -> None:
         missing = [c for c in contexts if c.key is None]
@@ -200,6 +223,7 @@ class Pipeline:
         if not targets:
             log.info("no targets selected")
             return 0
+        self.check_backend(targets)
         with log.step(f"Resolving {len(targets)} target(s): {', '.join(t.name for t in targets)}"):
             contexts = [self.resolve(t) for t in targets]
             self.preflight(contexts)
@@ -240,59 +264,16 @@ class Pipeline:
         toolchain = self.toolchains.get(ctx.cuda)
         log.info(f"{tag} toolchain: nvcc {toolchain.nvcc_version} at {toolchain.cuda_home} ({toolchain.origin}); "
                  f"{toolchain.host_cxx}")
-        env = cached_env(
-            self.opts.cache_dir,
-            kind="build",
-            python=target.python,
-            system_python=self.opts.system_python,
-            torch=target.torch,
-            requirements=recipe.requirements,
-        )
-        torch = env.torch_info()
-        check_torch_matches(target, torch)
-        default_flavour = recipe.flavours[0] if recipe.flavours else None
-        label = local_label(torch, target.flavour, default_flavour)
-        version = f"{target.version}+{label}"
-        log.info(f"{tag} torch {torch.version} (CUDA {torch.cuda}, C++11 ABI {torch.cxx11_abi}) -> {version}")
-
         tree = self.opts.cache_dir / "build" / f"{target.name}-{ctx.key[:16]}"
-        src = self._prepare_tree(tree, source, target, recipe)
-        plan = plan_jobs(
-            cores=cpu_count(),
-            available_bytes=available_memory_bytes(),
-            mem_per_job_gib=recipe.mem_per_job_gib,
-            n_archs=len(target.cuda_archs),
-            max_jobs=self.opts.max_jobs,
-            nvcc_threads=self.opts.nvcc_threads,
-        )
-        staging = tree / "dist"
-        shutil.rmtree(staging, ignore_errors=True)
-        built, stats = self._compile(ctx, env, toolchain, src, staging, plan, label)
+        expect = self.expectation(target, recipe)
+        if self.opts.backend == "container":
+            from .container.backend import build_in_container
 
-        with log.step(f"{tag} labelling and repairing {built.name}"):
-            from packaging.utils import canonicalize_name, parse_wheel_filename
+            built = build_in_container(self, ctx, source, toolchain, tree, expect)
+        else:
+            built = self._build_local(ctx, source, toolchain, tree)
+        repaired, torch = built.wheel, built.torch
 
-            name, got_version, _, _ = parse_wheel_filename(built.name)
-            if canonicalize_name(target.package) != name or got_version.public != target.version:
-                raise BuildError(
-                    f"{tag} the build produced {name} {got_version}, the matrix says {target.package} {target.version}",
-                    fix="fix the version or package in wheels/matrix.toml (or the recipe)",
-                )
-            labelled = rewrite(built, staging / "labelled", version=version)
-            repaired, platform_tag = self._repair(env, labelled, staging / "repaired", torch)
-
-        default_ext = recipe.extension_modules
-        expect = Expectation(
-            package=target.package,
-            version=target.version,
-            torch=target.torch,
-            python=target.python,
-            cuda_archs=target.cuda_archs,
-            extension_modules=default_ext,
-            flavour=target.flavour,
-            default_flavour=default_flavour,
-            base=self.env.get("WHEELS_IMAGE_BASE") or None,
-        )
         report = self.gate(repaired, expect, tree)
         if not report.passed:
             failed_dir = self.opts.cache_dir / "failed"
@@ -312,18 +293,18 @@ class Pipeline:
             sha256=sha,
             size=repaired.stat().st_size,
             package=target.package,
-            version=version,
-            label=label,
+            version=built.version,
+            label=built.label,
             torch={**torch.as_record(), "build": target.torch.name},
             cuda=torch.cuda or "",
             python_tag=torch.python_tag,
-            platform_tag=platform_tag,
+            platform_tag=built.platform_tag,
             cuda_archs=list(target.cuda_archs),
             cxx11_abi=torch.cxx11_abi,
             cache_key=ctx.key,
             flavour=target.flavour,
-            toolchain=toolchain.identity(),
-            build={**stats, "seconds": round(time.monotonic() - started, 1), "backend": self.opts.backend},
+            toolchain=built.toolchain,
+            build={**built.stats, "seconds": round(time.monotonic() - started, 1), "backend": self.opts.backend},
             gate={"verdict": report.verdict, "report": f"reports/{repaired.name}.abi.json", "checked_at": report.checked_at,
                   "platform_tag": report.platform_tag},
             created=now,
@@ -333,6 +314,58 @@ class Pipeline:
         log.info(f"{tag} recorded {record.filename} ({record.size / 1e6:.1f} MB, sha256 {sha[:16]}...) "
                  f"in {log.fmt_seconds(record.build['seconds'])}")
         return record
+
+    def expectation(self, target: Target, recipe: Recipe) -> Expectation:
+        """What the gate checks a wheel of ``target`` against (here, and in the container's test step)."""
+        return Expectation(
+            package=target.package,
+            version=target.version,
+            torch=target.torch,
+            python=target.python,
+            cuda_archs=target.cuda_archs,
+            extension_modules=recipe.extension_modules,
+            flavour=target.flavour,
+            default_flavour=recipe.flavours[0] if recipe.flavours else None,
+            base=self.env.get("WHEELS_IMAGE_BASE") or None,
+        )
+
+    def _build_local(self, ctx: Context, source: Path, toolchain: Toolchain, tree: Path) -> Built:
+        """The local backend: a cached build environment on this machine, then compile, relabel and repair."""
+        target, recipe = ctx.target, ctx.recipe
+        tag = f"[{target.name}]"
+        env = cached_env(
+            self.opts.cache_dir,
+            kind="build",
+            python=target.python,
+            system_python=self.opts.system_python,
+            torch=target.torch,
+            requirements=recipe.requirements,
+        )
+        torch = env.torch_info()
+        check_torch_matches(target, torch)
+        default_flavour = recipe.flavours[0] if recipe.flavours else None
+        label = local_label(torch, target.flavour, default_flavour)
+        version = f"{target.version}+{label}"
+        log.info(f"{tag} torch {torch.version} (CUDA {torch.cuda}, C++11 ABI {torch.cxx11_abi}) -> {version}")
+
+        src = self._prepare_tree(tree, source, target, recipe)
+        plan = plan_jobs(
+            cores=cpu_count(),
+            available_bytes=available_memory_bytes(),
+            mem_per_job_gib=recipe.mem_per_job_gib,
+            n_archs=len(target.cuda_archs),
+            max_jobs=self.opts.max_jobs,
+            nvcc_threads=self.opts.nvcc_threads,
+        )
+        staging = tree / "dist"
+        shutil.rmtree(staging, ignore_errors=True)
+        built, stats = self._compile(ctx, env, toolchain, src, staging, plan, label)
+
+        with log.step(f"{tag} labelling and repairing {built.name}"):
+            check_built_name(built, target)
+            labelled = rewrite(built, staging / "labelled", version=version)
+            repaired, platform_tag = self._repair(env, labelled, staging / "repaired", torch)
+        return Built(repaired, torch, label, version, platform_tag, stats, toolchain.identity())
 
     def gate(self, wheel: Path, expect: Expectation, work: Path) -> GateReport:
         return check_wheel(
@@ -471,19 +504,52 @@ class Pipeline:
         repaired = sorted(out.glob("*.whl"))
         if len(repaired) != 1:
             raise BuildError(f"auditwheel left {len(repaired)} wheels in {out}: {result.stdout[-2000:]}")
-        import zipfile
+        check_not_grafted(repaired[0])
+        return repaired[0], platform_tag_of(repaired[0])
 
-        with zipfile.ZipFile(repaired[0]) as zf:
-            grafted = [n for n in zf.namelist() if ".libs/" in n]
-        import fnmatch
 
-        bad = [g for g in grafted if any(fnmatch.fnmatch(g.rsplit("/", 1)[-1], p) for p in NEVER_GRAFT)]
-        if bad:
-            raise BuildError(f"auditwheel grafted torch or CUDA libraries into the wheel: {bad}")
-        if grafted:
-            log.info(f"auditwheel grafted: {', '.join(grafted)}")
-        platform_tag = repaired[0].name[: -len(".whl")].split("-")[-1]
-        return repaired[0], platform_tag
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What a backend hands to the gate and the record: a labelled, repaired wheel and how it was made."""
+
+    wheel: Path
+    torch: TorchInfo  # what the build environment's torch reported (the label's only source)
+    label: str
+    version: str  # target version + label
+    platform_tag: str
+    stats: dict[str, Any]
+    toolchain: dict[str, str]
+
+
+def check_built_name(wheel: Path, target: Target) -> None:
+    """The build produced the matrix's package and version (label aside)."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    name, got_version, _, _ = parse_wheel_filename(wheel.name)
+    if canonicalize_name(target.package) != name or got_version.public != target.version:
+        raise BuildError(
+            f"[{target.name}] the build produced {name} {got_version}, "
+            f"the matrix says {target.package} {target.version}",
+            fix="fix the version or package in wheels/matrix.toml (or the recipe)",
+        )
+
+
+def check_not_grafted(wheel: Path) -> None:
+    """auditwheel must not have copied torch's or CUDA's libraries into the wheel (torch brings them at run time)."""
+    import fnmatch
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        grafted = [n for n in zf.namelist() if ".libs/" in n]
+    bad = [g for g in grafted if any(fnmatch.fnmatch(g.rsplit("/", 1)[-1], p) for p in NEVER_GRAFT)]
+    if bad:
+        raise BuildError(f"auditwheel grafted torch or CUDA libraries into the wheel: {bad}")
+    if grafted:
+        log.info(f"auditwheel grafted: {', '.join(grafted)}")
+
+
+def platform_tag_of(wheel: Path) -> str:
+    return wheel.name[: -len(".whl")].split("-")[-1]
 
 
 def run_build(

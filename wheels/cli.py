@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "gpu-test": "wheels.gpu:main",
     "publish": "wheels.publish.cli:publish_cli",
     "index": "wheels.publish.cli:index_cli",
+    "cache_key": "wheels.ci:cli",
+    "builder": "wheels.builder.cli:cli",
 }
 
 

@@ -21,11 +21,19 @@ from .errors import ConfigError, unknown
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MATRIX = REPO_ROOT / "wheels" / "matrix.toml"
 
+# The container backend's builder image: its tag ({cuda} becomes the target's CUDA version) and the image it is built
+# on. The base is the manylinux_2_28 image cibuildwheel 4.3.5 pins (2026.10.26-1), by digest: a moved tag never
+# changes what we build on. Kept in step with cibuildwheel's own pin when constraints.txt moves cibuildwheel.
+DEFAULT_BUILDER_IMAGE = "steadydancer-wheel-builder:cuda{cuda}"
+DEFAULT_BUILDER_BASE = (
+    "quay.io/pypa/manylinux_2_28_x86_64@sha256:e0adf18521ad35192df733a6c62d35df7801957d24e0470238aacecfab2188a3"
+)
+
 Backend = Literal["local", "container"]
 BACKENDS: tuple[str, ...] = ("local", "container")
 
 _TOP_KEYS = {"schema", "settings", "torch", "targets"}
-_SETTINGS_KEYS = {"wheelhouse", "cache-dir", "backend", "builder-image", "index-dir"}
+_SETTINGS_KEYS = {"wheelhouse", "cache-dir", "backend", "builder-image", "builder-base", "index-dir"}
 _TORCH_KEYS = {"version", "cuda", "index-url", "source"}
 _TARGET_KEYS = {
     "package",
@@ -47,7 +55,8 @@ ENV_VARS = {
     "WHEELS_CACHE_DIR": "cache folder (toolkits, sources, build trees, compiler cache, environments)",
     "WHEELS_MATRIX": "path of the matrix file",
     "WHEELS_BACKEND": "local | container",
-    "WHEELS_BUILDER_IMAGE": "builder image of the container backend",
+    "WHEELS_BUILDER_IMAGE": "builder image tag of the container backend ({cuda} is replaced by the target's CUDA)",
+    "WHEELS_BUILDER_BASE": "base image the builder image is built on (default: the pinned manylinux_2_28 image)",
     "WHEELS_SYSTEM_PYTHON": "interpreter whose installed torch the 'system' torch build uses",
     "WHEELS_CUDA_ARCHS": "override every selected target's CUDA arch list",
     "WHEELS_KEEP_ENVS": "keep failed build and gate environments for inspection (1/0)",
@@ -133,6 +142,7 @@ class Options:
     cache_dir: Path
     backend: Backend
     builder_image: str
+    builder_base: str
     system_python: str
     max_jobs: int | None
     nvcc_threads: int | None
@@ -358,7 +368,8 @@ def build_parser(prog: str = "nox -s wheels --") -> argparse.ArgumentParser:
     parser.add_argument("--wheelhouse", type=Path, help="output folder (WHEELHOUSE)")
     parser.add_argument("--cache-dir", type=Path, help="cache folder (WHEELS_CACHE_DIR)")
     parser.add_argument("--backend", choices=BACKENDS, help="local (default) or container (cibuildwheel)")
-    parser.add_argument("--builder-image", help="builder image for the container backend")
+    parser.add_argument("--builder-image", help="builder image tag for the container backend ({cuda}: the target's)")
+    parser.add_argument("--builder-base", help="base image of the builder image (default: pinned manylinux_2_28)")
     parser.add_argument("--system-python", help="interpreter whose torch the 'system' torch build uses")
     parser.add_argument("--cuda-archs", help='override the arch list of every selected target ("9.0")')
     parser.add_argument("--max-jobs", help="parallel compile jobs (MAX_JOBS)")
@@ -427,7 +438,8 @@ def resolve(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
         wheelhouse=path_setting(args.wheelhouse, "WHEELHOUSE", "wheelhouse", "wheelhouse"),
         cache_dir=path_setting(args.cache_dir, "WHEELS_CACHE_DIR", "cache-dir", ".cache/wheels"),
         backend=backend,
-        builder_image=setting(args.builder_image, "WHEELS_BUILDER_IMAGE", "builder-image", ""),
+        builder_image=setting(args.builder_image, "WHEELS_BUILDER_IMAGE", "builder-image", DEFAULT_BUILDER_IMAGE),
+        builder_base=setting(args.builder_base, "WHEELS_BUILDER_BASE", "builder-base", DEFAULT_BUILDER_BASE),
         system_python=setting(args.system_python, "WHEELS_SYSTEM_PYTHON", "", "python3"),
         max_jobs=_int_setting(args.max_jobs or env.get("MAX_JOBS"), "MAX_JOBS / --max-jobs"),
         nvcc_threads=_int_setting(args.nvcc_threads or env.get("NVCC_THREADS"), "NVCC_THREADS / --nvcc-threads"),

@@ -307,10 +307,7 @@ def check_wheel(
     work: Path | None = None,
 ) -> GateReport:
     """Run every check for one wheel in a new environment holding only its runtime: torch and the wheel."""
-    policy = load_policy()
-    base = resolve_base(expect.base, policy)  # a bad setting fails before any environment is made
-    name, _, _, tags = parse_wheel_filename(wheel.name)
-    platforms = sorted({t.platform for t in tags})
+    base = resolve_base(expect.base, load_policy())  # a bad setting fails before any environment is made
     clock = Stopwatch()
     report: GateReport | None = None
     with log.step(f"ABI gate: {wheel.name} (torch: {expect.torch.name}, image base: {base.name})"):
@@ -321,26 +318,7 @@ def check_wheel(
                 clock.lap("torch_install")
                 installed = _install_wheel(env, wheel)
                 clock.lap("wheel_install")
-                with tempfile.TemporaryDirectory(prefix="gate-probe-") as tmp:
-                    probe = Probe(env, str(name), Path(tmp))
-                    try:
-                        facts = probe.facts()
-                        clock.lap("probe")
-                        checks, platform_tag, torch_record = _checks(
-                            wheel, expect, facts, installed, probe, base, policy, platforms, clock
-                        )
-                    finally:
-                        probe.close()
-                report = GateReport(
-                    wheel=wheel.name,
-                    checks=checks,
-                    torch=torch_record,
-                    checked_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-                    expectation={**expect.as_record(), "base": base.name},
-                    platform_tag=platform_tag,
-                    seconds=clock.total,
-                    timings=clock.laps,
-                )
+                report = check_in_env(wheel, expect, env, installed=installed, clock=clock)
                 if keep_env and not report.passed:
                     raise _KeepEnv
         except _KeepEnv:
@@ -348,3 +326,45 @@ def check_wheel(
     assert report is not None
     log.info(report.human())
     return report
+
+
+def check_in_env(
+    wheel: Path,
+    expect: Expectation,
+    env: PythonEnv,
+    *,
+    installed: CheckResult | None = None,
+    clock: Stopwatch | None = None,
+) -> GateReport:
+    """Every check, against an environment that already holds the runtime (torch) and the wheel.
+
+    The gate's own fresh environment (above) comes here, and so does the container backend's test step: cibuildwheel's
+    fresh test environment inside the builder image, which installed the wheel itself (wheels/container/incontainer.py).
+    """
+    policy = load_policy()
+    base = resolve_base(expect.base, policy)
+    name, _, _, tags = parse_wheel_filename(wheel.name)
+    platforms = sorted({t.platform for t in tags})
+    clock = clock or Stopwatch()
+    if installed is None:
+        installed = CheckResult(name="install", passed=True, summary="installed without dependencies next to torch")
+    with tempfile.TemporaryDirectory(prefix="gate-probe-") as tmp:
+        probe = Probe(env, str(name), Path(tmp))
+        try:
+            facts = probe.facts()
+            clock.lap("probe")
+            checks, platform_tag, torch_record = _checks(
+                wheel, expect, facts, installed, probe, base, policy, platforms, clock
+            )
+        finally:
+            probe.close()
+    return GateReport(
+        wheel=wheel.name,
+        checks=checks,
+        torch=torch_record,
+        checked_at=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        expectation={**expect.as_record(), "base": base.name},
+        platform_tag=platform_tag,
+        seconds=clock.total,
+        timings=clock.laps,
+    )

@@ -26,6 +26,14 @@ SUITES: dict[str, tuple[str, str]] = {
         "wheels.bench.canary:run",
         "canary-cu124 through `nox -s wheels`: cold build, no-op rerun, rebuild after a kernel edit",
     ),
+    "container": (
+        "wheels.bench.container:run",
+        "canary-cu124 through the container backend (cibuildwheel): cold, no-op rerun, warm compiler cache",
+    ),
+    "container-mmcv": (
+        "wheels.bench.container:run_mmcv",
+        "mmcv-cu124 through the container backend: cold (about an hour on 2 cores), no-op rerun, warm compiler cache",
+    ),
 }
 DEFAULT_SUITES = ("canary",)
 RESULTS_DIR = REPO_ROOT / "bench"
