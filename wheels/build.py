@@ -81,6 +81,10 @@ class Context:
     record: Record | None
 
 
+# Prebuilt (upstream) wheels need no compiler: a plan that is always "available".
+PREBUILT_PLAN = Plan(cuda="", nvcc_version="not needed", how="not needed: an upstream wheel, checked, not built")
+
+
 class Pipeline:
     def __init__(self, opts: Options, env: Mapping[str, str]) -> None:
         self.opts = opts
@@ -121,13 +125,13 @@ class Pipeline:
             assert target.torch.cuda
             cuda, python = target.torch.cuda, target.python
             torch_identity = {"build": target.torch.name, "version": target.torch.version, "cuda": cuda}
-        plan = self.toolchains.plan(cuda)
+        plan = PREBUILT_PLAN if recipe.prebuilt else self.toolchains.plan(cuda)
         inputs = key = None
         if plan.nvcc_version is not None:
             inputs = key_inputs(
                 target,
                 source_hash=sources.source_hash(target),
-                toolchain=self.toolchain_identity(plan),
+                toolchain={} if recipe.prebuilt else self.toolchain_identity(plan),
                 torch=torch_identity,
                 python=python,
                 backend=self.opts.backend,
@@ -261,17 +265,39 @@ class Pipeline:
         tag = f"[{target.name}]"
         with log.step(f"{tag} source: {target.source.location}"):
             source = sources.fetch(target, self.opts.cache_dir)
+        tree = self.opts.cache_dir / "build" / f"{target.name}-{ctx.key[:16]}"
+        expect = self.expectation(target, recipe)
+        if recipe.prebuilt:
+            return self._record(ctx, self._prebuilt(ctx, source, tree), expect, tree, started)
         toolchain = self.toolchains.get(ctx.cuda)
         log.info(f"{tag} toolchain: nvcc {toolchain.nvcc_version} at {toolchain.cuda_home} ({toolchain.origin}); "
                  f"{toolchain.host_cxx}")
-        tree = self.opts.cache_dir / "build" / f"{target.name}-{ctx.key[:16]}"
-        expect = self.expectation(target, recipe)
         if self.opts.backend == "container":
             from .container.backend import build_in_container
 
             built = build_in_container(self, ctx, source, toolchain, tree, expect)
         else:
             built = self._build_local(ctx, source, toolchain, tree)
+        return self._record(ctx, built, expect, tree, started)
+
+    def _prebuilt(self, ctx: Context, wheel: Path, tree: Path) -> Built:
+        """An upstream wheel: nothing to compile. Its torch is the target's, asked from an environment holding it."""
+        target = ctx.target
+        env = cached_env(self.opts.cache_dir, kind="runtime", python=target.python,
+                         system_python=self.opts.system_python, torch=target.torch, requirements=())
+        torch = env.torch_info()
+        check_torch_matches(target, torch)
+        check_built_name(wheel, target)
+        staged = tree / "dist" / wheel.name
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(wheel, staged)
+        log.info(f"[{target.name}] not built here: upstream's {wheel.name} is checked against torch {torch.version}")
+        return Built(wheel=staged, torch=torch, label="", version=target.version, platform_tag=platform_tag_of(wheel),
+                     stats={"prebuilt": True, "source": target.source.location}, toolchain={})
+
+    def _record(self, ctx: Context, built: Built, expect: Expectation, tree: Path, started: float) -> Record:
+        """Gate the wheel a backend made (or fetched); record it only when it passes."""
+        target, tag = ctx.target, f"[{ctx.target.name}]"
         repaired, torch = built.wheel, built.torch
 
         report = self.gate(repaired, expect, tree)
@@ -313,6 +339,9 @@ class Pipeline:
         shutil.rmtree(tree, ignore_errors=True)  # objects live on in the compiler cache
         log.info(f"{tag} recorded {record.filename} ({record.size / 1e6:.1f} MB, sha256 {sha[:16]}...) "
                  f"in {log.fmt_seconds(record.build['seconds'])}")
+        if built.stats.get("prebuilt"):
+            log.info(f"{tag} {target.package} {target.version} is not built by this pipeline: upstream's wheel passes "
+                     f"the ABI gate against torch {torch.version}")
         return record
 
     def expectation(self, target: Target, recipe: Recipe) -> Expectation:
@@ -327,6 +356,7 @@ class Pipeline:
             flavour=target.flavour,
             default_flavour=recipe.flavours[0] if recipe.flavours else None,
             base=self.env.get("WHEELS_IMAGE_BASE") or None,
+            label_required=not recipe.prebuilt,
         )
 
     def _build_local(self, ctx: Context, source: Path, toolchain: Toolchain, tree: Path) -> Built:

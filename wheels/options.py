@@ -47,7 +47,7 @@ _TARGET_KEYS = {
     "default",
     "extends",
 }
-_SOURCE_KEYS = {"sdist", "sha256", "path"}
+_SOURCE_KEYS = {"sdist", "wheel", "sha256", "path"}
 
 # Environment variables this pipeline reads. Any other WHEELS_* variable is a typo and fails loudly.
 ENV_VARS = {
@@ -94,7 +94,7 @@ class TorchBuild:
 class Source:
     """An sdist on an index pinned by sha256, or a folder in this repository."""
 
-    kind: Literal["sdist", "path"]
+    kind: Literal["sdist", "wheel", "path"]
     location: str  # URL for sdists, repo-relative or absolute path for folders
     sha256: str | None = None
 
@@ -248,12 +248,13 @@ def _source(table: Any, loc: str) -> Source:
     _check_keys(table, _SOURCE_KEYS, f"{loc} source")
     if "path" in table:
         return Source(kind="path", location=str(table["path"]))
-    if "sdist" in table:
-        sha = str(table.get("sha256", ""))
-        if not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise ConfigError(f"sdist source in {loc} needs a sha256 pin", fix="add sha256 = \"<64 hex digits>\"")
-        return Source(kind="sdist", location=str(table["sdist"]), sha256=sha)
-    raise ConfigError(f"source in {loc} names neither an sdist nor a path")
+    for kind in ("sdist", "wheel"):  # an index file (an upstream wheel for the prebuilt recipe), pinned
+        if kind in table:
+            sha = str(table.get("sha256", ""))
+            if not re.fullmatch(r"[0-9a-f]{64}", sha):
+                raise ConfigError(f"{kind} source in {loc} needs a sha256 pin", fix='add sha256 = "<64 hex digits>"')
+            return Source(kind=kind, location=str(table[kind]), sha256=sha)
+    raise ConfigError(f"source in {loc} names neither an sdist, a wheel nor a path")
 
 
 def load_matrix(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Target]]:

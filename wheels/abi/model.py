@@ -21,6 +21,7 @@ class Expectation:
     flavour: str | None = None
     default_flavour: str | None = None
     base: str | None = None  # image base of the portability check (policy.toml); None = its default
+    label_required: bool = True  # False for upstream wheels (prebuilt recipe): their version carries no label
 
     def as_record(self) -> dict[str, Any]:
         return {
