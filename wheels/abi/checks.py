@@ -372,20 +372,27 @@ def arch_problems(member: str, code: fatbin.DeviceCode, requested: Sequence[fatb
         if fatbin.sass_for(arch, code.sass) is None:
             plain = arch.rstrip("a")
             jit = fatbin.ptx_for(arch, code.ptx)
+            carries = f"it carries {code.describe()}"
+            # Arch-specific cubins of the same major run on their own compute capability only: say so, or a reader
+            # of "no SASS for sm_91" next to "sm_90a" would take it for a bug of the gate.
+            other = [a for a in fatbin.sort_archs(code.sass) if a.endswith("a") and fatbin.arch_key(a)[0] == want.major]
+            if other and arch == plain:
+                runs_on = ", ".join(f"sm_{a} only on compute capability {fatbin.dotted(a[:-1])}" for a in other)
+                carries += f" (arch-specific code runs on exactly its own GPUs: {runs_on})"
             if arch != plain and fatbin.sass_for(plain, code.sass):
                 text = (
-                    f"{member}: no SASS for sm_{arch}: it carries {code.describe()}, but the target asks for "
-                    f"sm_{arch}'s arch-specific code, which plain sm_{plain} code cannot use"
+                    f"{member}: no SASS for sm_{arch}: {carries}, but the target asks for sm_{arch}'s arch-specific "
+                    f"code, which plain sm_{plain} code cannot use"
                 )
             elif jit:
                 text = (
-                    f"{member}: no SASS for sm_{arch}: it carries {code.describe()}, so on {on} the driver must "
-                    f"JIT-compile PTX compute_{jit} at first use (minutes for large kernels)"
+                    f"{member}: no SASS for sm_{arch}: {carries}, so on {on} the driver must JIT-compile PTX "
+                    f"compute_{jit} at first use (minutes for large kernels)"
                 )
             else:
                 text = (
-                    f"{member}: no SASS for sm_{arch}: it carries {code.describe()}; on {on} its kernels fail "
-                    'with "CUDA error: no kernel image is available for execution on the device"'
+                    f"{member}: no SASS for sm_{arch}: {carries}; on {on} its kernels fail with "
+                    '"CUDA error: no kernel image is available for execution on the device"'
                 )
             out.append((text, fatbin.dotted(arch)))
         if want.ptx and fatbin.ptx_for(arch, code.ptx) is None:
@@ -445,6 +452,9 @@ def check_cuda(files: Sequence[WheelFile], torch: TorchFacts, cuda_archs: Sequen
         entry.update(sass=fatbin.sort_archs(code.sass), ptx=fatbin.sort_archs(code.ptx), ptx_isa=sorted(code.ptx_isa))
         if code.empty:
             continue
+        entry["runs"] = {
+            fatbin.dotted(r.arch): f"sm_{runs}" for r in requested if (runs := fatbin.sass_for(r.arch, code.sass))
+        }
         sass |= code.sass
         ptx |= code.ptx
         for text, arch in arch_problems(file.member, code, requested):
@@ -485,6 +495,14 @@ def check_cuda(files: Sequence[WheelFile], torch: TorchFacts, cuda_archs: Sequen
     code_all = fatbin.DeviceCode(frozenset(sass), frozenset(ptx))
     linked = ", ".join(sorted(runtimes)) or "no CUDA runtime"
     covers = f"covers {wanted}" if wanted else "(no archs requested)"
+    # Which requested archs only arch-specific code serves (9.0 by sm_90a): right, and worth saying so.
+    specific = [
+        f"{fatbin.dotted(r.arch)} by sm_{runs}"
+        for r in requested
+        if not r.arch.endswith("a") and (runs := fatbin.sass_for(r.arch, sass)) and runs.endswith("a")
+    ]
+    if specific:
+        covers += f" ({', '.join(specific)}: arch-specific code runs on exactly its compute capability)"
     return CheckResult(
         name="cuda",
         passed=True,
