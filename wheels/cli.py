@@ -13,10 +13,13 @@ from .errors import PipelineError, unknown
 # command -> "module:function"; each function takes argv and returns an exit status. Imported only when used.
 COMMANDS: dict[str, str] = {
     "build": "wheels.build:cli",
-    "publish": "wheels.publish.cli:publish_cli",
-    "index": "wheels.publish.cli:index_cli",
+    "bench": "wheels.bench:cli",
     "abi": "wheels.abi.cli:cli",
     "gpu-test": "wheels.gpu:main",
+    "publish": "wheels.publish.cli:publish_cli",
+    "index": "wheels.publish.cli:index_cli",
+    "cache_key": "wheels.ci:cli",
+    "builder": "wheels.builder.cli:cli",
 }
 
 

@@ -57,6 +57,9 @@ def plan_jobs(
         reason = f"{cores} cores; {by_memory} jobs fit in {usable / GIB:.1f} GiB at {mem_per_job_gib:.1f} GiB each"
     if nvcc_threads is not None:
         threads = nvcc_threads
+        if threads > by_memory:  # one job at this many threads would already not fit
+            reason += f"; NVCC_THREADS capped from {threads} to {by_memory} by memory"
+            threads = by_memory
     else:  # cores left over after one per job go to nvcc threads, one per arch at most
         threads = max(1, min(n_archs, cores // max(1, jobs), by_memory // max(1, jobs)))
     if jobs * threads > by_memory:  # each nvcc thread holds about one job's memory

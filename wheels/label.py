@@ -10,7 +10,7 @@ import re
 
 from .envs import TorchInfo
 from .errors import EnvError
-from .options import Target
+from .options import Target, index_env_key
 
 _LABEL_RE = re.compile(r"^(cu\d+|cpu)torch(\d+\.\d+)((?:\.[a-z0-9]+)*)$")
 
@@ -52,7 +52,7 @@ def check_torch_matches(target: Target, torch: TorchInfo) -> None:
             f"Target {target.name} declares CUDA {declared.cuda}, but the installed torch {torch.version} reports "
             f"CUDA {torch.cuda}",
             why=f'torch came from {declared.index_url}, which serves a CUDA {torch.cuda} build of torch {torch.base_version}',
-            fix=f"use the torch index of a CUDA {declared.cuda} build (TORCH_INDEX_URL_{declared.name.upper()}), "
+            fix=f"use the torch index of a CUDA {declared.cuda} build ({index_env_key(declared.name)}), "
             f"or pick the target whose torch build is CUDA {torch.cuda}",
         )
     if torch.base_version != declared.version:

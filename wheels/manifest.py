@@ -10,7 +10,8 @@ import contextlib
 import dataclasses
 import json
 import os
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,26 +107,33 @@ class Wheelhouse:
             yield
 
     def commit(self, record: Record, wheel: Path, report: dict[str, Any] | None = None) -> Path:
-        """Move a gated wheel in and record it; the superseded wheel of the same target goes after the record."""
+        """Move a gated wheel in and record it. Writing the record is the commit point: any failure before it puts
+        back what was there (the old wheel's bytes too, since a rebuild usually keeps the file name); the superseded
+        wheel of the same target is removed only after the record names the new one."""
         self.root.mkdir(parents=True, exist_ok=True)
         with self.locked():
             dest = self.root / record.filename
-            atomic_copy(wheel, dest)
-            if sha256_file(dest) != record.sha256:
-                dest.unlink()
-                raise ConfigError(f"{dest} changed while being copied into the wheelhouse; nothing was recorded")
-            if report is not None:
-                atomic_write_json(self.reports / f"{record.filename}.abi.json", report)
-            data = self._read()
-            old = data["records"].get(record.target)
-            data["records"][record.target] = record.to_dict()
-            atomic_write_json(self.path, data)
+            undo = _Undo()
+            try:
+                undo.replace(dest, lambda: atomic_copy(wheel, dest))
+                if sha256_file(dest) != record.sha256:
+                    raise ConfigError(f"{dest} changed while being copied into the wheelhouse; nothing was recorded")
+                if report is not None:
+                    report_path = self.reports / f"{record.filename}.abi.json"
+                    undo.replace(report_path, lambda: atomic_write_json(report_path, report))
+                data = self._read()
+                old = data["records"].get(record.target)
+                data["records"][record.target] = record.to_dict()
+                atomic_write_json(self.path, data)
+            except BaseException:
+                undo.restore()
+                raise
+            undo.discard()
             if old and old["filename"] != record.filename:
                 still_used = any(r["filename"] == old["filename"] for r in data["records"].values())
                 if not still_used:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.root / old["filename"])
-                        os.unlink(self.reports / f"{old['filename']}.abi.json")
+                    (self.root / old["filename"]).unlink(missing_ok=True)
+                    (self.reports / f"{old['filename']}.abi.json").unlink(missing_ok=True)
         return dest
 
     def update_gate(self, target: str, gate: dict[str, Any], report: dict[str, Any]) -> None:
@@ -142,3 +150,36 @@ class Wheelhouse:
         """Wheel files in the wheelhouse that no record names (left by hand, or by an interrupted old version)."""
         known = {r.filename for r in self.records().values()}
         return sorted(p for p in self.root.glob("*.whl") if p.name not in known)
+
+
+class _Undo:
+    """Files replaced during a commit, each restorable (old bytes, or absence) until the record is written."""
+
+    def __init__(self) -> None:
+        self._saved: list[tuple[Path, Path | None]] = []
+
+    def replace(self, path: Path, write: Callable[[], None]) -> None:
+        backup = None
+        if path.exists():
+            backup = path.with_name(f".{path.name}.previous")
+            backup.unlink(missing_ok=True)
+            try:
+                os.link(path, backup)  # a second name for the old bytes; the write below gives path a new inode
+            except OSError:
+                shutil.copy2(path, backup)
+        self._saved.append((path, backup))
+        write()
+
+    def restore(self) -> None:
+        for path, backup in reversed(self._saved):
+            if backup is None:
+                path.unlink(missing_ok=True)
+            elif path.exists() and os.path.samefile(backup, path):
+                backup.unlink()  # the write never happened; rename() onto a hard link of itself would do nothing
+            else:
+                os.replace(backup, path)
+
+    def discard(self) -> None:
+        for _, backup in self._saved:
+            if backup is not None:
+                backup.unlink(missing_ok=True)

@@ -21,11 +21,19 @@ from .errors import ConfigError, unknown
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MATRIX = REPO_ROOT / "wheels" / "matrix.toml"
 
+# The container backend's builder image: its tag ({cuda} becomes the target's CUDA version) and the image it is built
+# on. The base is the manylinux_2_28 image cibuildwheel 4.3.5 pins (2026.10.26-1), by digest: a moved tag never
+# changes what we build on. Kept in step with cibuildwheel's own pin when constraints.txt moves cibuildwheel.
+DEFAULT_BUILDER_IMAGE = "steadydancer-wheel-builder:cuda{cuda}"
+DEFAULT_BUILDER_BASE = (
+    "quay.io/pypa/manylinux_2_28_x86_64@sha256:e0adf18521ad35192df733a6c62d35df7801957d24e0470238aacecfab2188a3"
+)
+
 Backend = Literal["local", "container"]
 BACKENDS: tuple[str, ...] = ("local", "container")
 
 _TOP_KEYS = {"schema", "settings", "torch", "targets"}
-_SETTINGS_KEYS = {"wheelhouse", "cache-dir", "backend", "builder-image", "index-dir"}
+_SETTINGS_KEYS = {"wheelhouse", "cache-dir", "backend", "builder-image", "builder-base", "index-dir"}
 _TORCH_KEYS = {"version", "cuda", "index-url", "source"}
 _TARGET_KEYS = {
     "package",
@@ -39,7 +47,7 @@ _TARGET_KEYS = {
     "default",
     "extends",
 }
-_SOURCE_KEYS = {"sdist", "sha256", "path"}
+_SOURCE_KEYS = {"sdist", "wheel", "sha256", "path"}
 
 # Environment variables this pipeline reads. Any other WHEELS_* variable is a typo and fails loudly.
 ENV_VARS = {
@@ -47,7 +55,8 @@ ENV_VARS = {
     "WHEELS_CACHE_DIR": "cache folder (toolkits, sources, build trees, compiler cache, environments)",
     "WHEELS_MATRIX": "path of the matrix file",
     "WHEELS_BACKEND": "local | container",
-    "WHEELS_BUILDER_IMAGE": "builder image of the container backend",
+    "WHEELS_BUILDER_IMAGE": "builder image tag of the container backend ({cuda} is replaced by the target's CUDA)",
+    "WHEELS_BUILDER_BASE": "base image the builder image is built on (default: the pinned manylinux_2_28 image)",
     "WHEELS_SYSTEM_PYTHON": "interpreter whose installed torch the 'system' torch build uses",
     "WHEELS_CUDA_ARCHS": "override every selected target's CUDA arch list",
     "WHEELS_KEEP_ENVS": "keep failed build and gate environments for inspection (1/0)",
@@ -85,7 +94,7 @@ class TorchBuild:
 class Source:
     """An sdist on an index pinned by sha256, or a folder in this repository."""
 
-    kind: Literal["sdist", "path"]
+    kind: Literal["sdist", "wheel", "path"]
     location: str  # URL for sdists, repo-relative or absolute path for folders
     sha256: str | None = None
 
@@ -133,6 +142,7 @@ class Options:
     cache_dir: Path
     backend: Backend
     builder_image: str
+    builder_base: str
     system_python: str
     max_jobs: int | None
     nvcc_threads: int | None
@@ -195,12 +205,20 @@ def _torch_builds(raw: Mapping[str, Any], env: Mapping[str, str], where: str) ->
         for key in ("version", "cuda", "index-url"):
             if key not in table:
                 raise ConfigError(f'Missing "{key}" in {loc}')
-        env_key = "TORCH_INDEX_URL_" + re.sub(r"[^A-Za-z0-9]", "_", name).upper()
-        index_url = env.get(env_key) or env.get("TORCH_INDEX_URL") or table["index-url"]
+        index_url = env.get(index_env_key(name)) or env.get("TORCH_INDEX_URL") or table["index-url"]
         builds[name] = TorchBuild(
             name=name, source="index", version=str(table["version"]), cuda=str(table["cuda"]), index_url=index_url
         )
+    # A mistyped per-build override (TORCH_INDEX_URL_CU12) would be ignored and torch fetched from the default index.
+    known = {index_env_key(name) for name, build in builds.items() if build.source == "index"}
+    for key in env:
+        if key.startswith("TORCH_INDEX_URL_") and key not in known:
+            raise unknown("environment variable", key, known, f"the environment (torch builds of {where})")
     return builds
+
+
+def index_env_key(build: str) -> str:
+    return "TORCH_INDEX_URL_" + re.sub(r"[^A-Za-z0-9]", "_", build).upper()
 
 
 def load_torch_builds(path: Path, env: Mapping[str, str]) -> dict[str, TorchBuild]:
@@ -216,7 +234,7 @@ def _resolve_extends(raw: Mapping[str, Mapping[str, Any]], name: str, where: str
         return dict(table)
     if parent not in raw:
         raise unknown("target", parent, raw, f'{where} [targets.{name}] extends')
-    if parent in seen:
+    if parent in (*seen, name):  # name itself too: a target that extends itself is a loop of one
         raise ConfigError(f"Targets extend each other in a loop: {' -> '.join((*seen, name, parent))} in {where}")
     merged = _resolve_extends(raw, parent, where, (*seen, name))
     merged.pop("default", None)  # being a default target is never inherited
@@ -230,12 +248,13 @@ def _source(table: Any, loc: str) -> Source:
     _check_keys(table, _SOURCE_KEYS, f"{loc} source")
     if "path" in table:
         return Source(kind="path", location=str(table["path"]))
-    if "sdist" in table:
-        sha = str(table.get("sha256", ""))
-        if not re.fullmatch(r"[0-9a-f]{64}", sha):
-            raise ConfigError(f"sdist source in {loc} needs a sha256 pin", fix="add sha256 = \"<64 hex digits>\"")
-        return Source(kind="sdist", location=str(table["sdist"]), sha256=sha)
-    raise ConfigError(f"source in {loc} names neither an sdist nor a path")
+    for kind in ("sdist", "wheel"):  # an index file (an upstream wheel for the prebuilt recipe), pinned
+        if kind in table:
+            sha = str(table.get("sha256", ""))
+            if not re.fullmatch(r"[0-9a-f]{64}", sha):
+                raise ConfigError(f"{kind} source in {loc} needs a sha256 pin", fix='add sha256 = "<64 hex digits>"')
+            return Source(kind=kind, location=str(table[kind]), sha256=sha)
+    raise ConfigError(f"source in {loc} names neither an sdist, a wheel nor a path")
 
 
 def load_matrix(path: Path, env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Target]]:
@@ -323,6 +342,16 @@ def _bool_setting(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def without_settings(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` minus every variable this pipeline reads (and CUDA_PATH, CUDA_HOME's twin): for runs that must not
+    inherit a caller's MAX_JOBS, CUDA_HOME, WHEELHOUSE or torch index (tests, benchmarks)."""
+    return {
+        k: v
+        for k, v in env.items()
+        if k not in ENV_VARS and k != "CUDA_PATH" and not k.startswith(("WHEELS_", "TORCH_INDEX_URL_"))
+    }
+
+
 def check_env(env: Mapping[str, str]) -> None:
     """Fail on a WHEELS_* variable this pipeline does not read (a typo would otherwise be ignored silently)."""
     ours = [k for k in ENV_VARS if k.startswith("WHEELS_")]
@@ -340,7 +369,8 @@ def build_parser(prog: str = "nox -s wheels --") -> argparse.ArgumentParser:
     parser.add_argument("--wheelhouse", type=Path, help="output folder (WHEELHOUSE)")
     parser.add_argument("--cache-dir", type=Path, help="cache folder (WHEELS_CACHE_DIR)")
     parser.add_argument("--backend", choices=BACKENDS, help="local (default) or container (cibuildwheel)")
-    parser.add_argument("--builder-image", help="builder image for the container backend")
+    parser.add_argument("--builder-image", help="builder image tag for the container backend ({cuda}: the target's)")
+    parser.add_argument("--builder-base", help="base image of the builder image (default: pinned manylinux_2_28)")
     parser.add_argument("--system-python", help="interpreter whose torch the 'system' torch build uses")
     parser.add_argument("--cuda-archs", help='override the arch list of every selected target ("9.0")')
     parser.add_argument("--max-jobs", help="parallel compile jobs (MAX_JOBS)")
@@ -409,7 +439,8 @@ def resolve(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None
         wheelhouse=path_setting(args.wheelhouse, "WHEELHOUSE", "wheelhouse", "wheelhouse"),
         cache_dir=path_setting(args.cache_dir, "WHEELS_CACHE_DIR", "cache-dir", ".cache/wheels"),
         backend=backend,
-        builder_image=setting(args.builder_image, "WHEELS_BUILDER_IMAGE", "builder-image", ""),
+        builder_image=setting(args.builder_image, "WHEELS_BUILDER_IMAGE", "builder-image", DEFAULT_BUILDER_IMAGE),
+        builder_base=setting(args.builder_base, "WHEELS_BUILDER_BASE", "builder-base", DEFAULT_BUILDER_BASE),
         system_python=setting(args.system_python, "WHEELS_SYSTEM_PYTHON", "", "python3"),
         max_jobs=_int_setting(args.max_jobs or env.get("MAX_JOBS"), "MAX_JOBS / --max-jobs"),
         nvcc_threads=_int_setting(args.nvcc_threads or env.get("NVCC_THREADS"), "NVCC_THREADS / --nvcc-threads"),

@@ -19,7 +19,7 @@ def source_dir(target: Target) -> Path:
 
 def source_hash(target: Target) -> str:
     """The sdist's pinned sha256, or a content hash of the folder: what the cache key covers."""
-    if target.source.kind == "sdist":
+    if target.source.kind != "path":  # an sdist or a wheel: its pin
         assert target.source.sha256
         return target.source.sha256
     folder = source_dir(target)
@@ -29,7 +29,7 @@ def source_hash(target: Target) -> str:
 
 
 def fetch(target: Target, cache_dir: Path) -> Path:
-    """The sdist file in the cache (downloaded and verified when absent), or the source folder."""
+    """The sdist or wheel file in the cache (downloaded and verified when absent), or the source folder."""
     if target.source.kind == "path":
         return source_dir(target)
     sha = target.source.sha256
@@ -39,7 +39,7 @@ def fetch(target: Target, cache_dir: Path) -> Path:
         if sha256_file(dest) == sha:
             return dest
         dest.unlink()  # a corrupted cache entry: fetch it again
-    return download(target.source.location, dest, sha, what=f"the {target.package} {target.version} sdist")
+    return download(target.source.location, dest, sha, what=f"the {target.package} {target.version} {target.source.kind}")
 
 
 def unpack(archive_or_dir: Path, dest: Path) -> Path:

@@ -123,6 +123,9 @@ def debian_mirror(env: Mapping[str, str]) -> str:
 class Toolchains:
     """Finds and provisions toolchains for one cache folder. ``env`` is a Mapping: tests pass their own."""
 
+    # Where a system-wide toolkit lives (step 3 of the module's order); tests point it at fakes.
+    system_homes: tuple[Path, ...] = (Path("/usr/local/cuda"),)
+
     def __init__(self, cache_dir: Path, env: Mapping[str, str]) -> None:
         self.root = cache_dir / "toolkits"
         self.downloads = cache_dir / "downloads"
@@ -151,7 +154,7 @@ class Toolchains:
             home = self.provisioned_home(cuda)
             if (home / ".complete").exists():
                 out.append(("provisioned", home))
-        out.append(("/usr/local/cuda", Path("/usr/local/cuda")))
+        out += [(str(home), home) for home in self.system_homes]
         on_path = shutil.which("nvcc", path=self.env.get("PATH"))
         if on_path:
             out.append(("PATH", Path(on_path).resolve().parent.parent))

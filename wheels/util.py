@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -209,3 +210,51 @@ def cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+class TreeMemorySampler:
+    """Peak RSS of a process and all its descendants, sampled on a thread while the block runs.
+
+    The kernel keeps a peak per process (and getrusage one for the largest child), never one for a whole tree of
+    compilers running side by side, which is what decides whether a build fits in memory.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.peak_tree = 0  # bytes: the most the tree held at once
+        self.peak_process = 0  # bytes: the most one process of it held
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.Error:
+            return
+        while True:
+            try:
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                return
+            total = 0
+            for proc in procs:
+                try:
+                    rss = proc.memory_info().rss
+                except psutil.Error:
+                    continue
+                total += rss
+                self.peak_process = max(self.peak_process, rss)
+            self.peak_tree = max(self.peak_tree, total)
+            if self._stop.wait(self.interval):
+                return

@@ -42,7 +42,7 @@ def test_roi_align_matches_cpu_forward_and_backward(device, aligned: bool) -> No
     outs = []
     for dev in ("cpu", device):
         x = feats.to(dev).requires_grad_()
-        out = ops.roi_align(x, rois.to(dev), (7, 7), spatial_scale=1.0, sampling_ratio=2, aligned=aligned)
+        out = ops.roi_align(x, rois.to(dev), (7, 7), 1.0, 2, "avg", aligned)  # Function.apply: positional only
         (grad,) = torch.autograd.grad(out.sum(), x)
         outs.append((out.detach().cpu(), grad.cpu()))
     torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-4)
@@ -57,7 +57,7 @@ def test_deform_conv2d_matches_cpu(device) -> None:  # noqa: ANN001
     results = []
     for dev in ("cpu", device):
         xi, wi, oi = (t.to(dev).requires_grad_() for t in (x, weight, offset))
-        out = ops.deform_conv2d(xi, oi, wi, stride=1, padding=1, dilation=1, groups=1, deform_groups=1)
+        out = ops.deform_conv2d(xi, oi, wi, 1, 1, 1, 1, 1)  # stride, padding, dilation, groups, deform_groups
         grads = torch.autograd.grad(out.square().sum(), (xi, wi, oi))
         results.append([out.detach().cpu(), *(g.cpu() for g in grads)])
     for cpu, gpu, name in zip(results[0], results[1], ("out", "dx", "dweight", "doffset")):
@@ -111,7 +111,9 @@ def test_tiny_mmdet_two_stage_forward_on_gpu(device) -> None:  # noqa: ANN001
     from mmengine.structures import InstanceData
 
     register_all_modules()
-    model = MODELS.build(_faster_rcnn_config()).to(device).eval()
+    from mmengine.config import ConfigDict
+
+    model = MODELS.build(ConfigDict(_faster_rcnn_config())).to(device).eval()
     from mmdet.structures import DetDataSample
 
     sample = DetDataSample(metainfo={"img_shape": (128, 160), "ori_shape": (128, 160), "scale_factor": (1.0, 1.0)})

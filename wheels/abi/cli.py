@@ -212,6 +212,7 @@ def expectation_for_record(record: Record, opts: AbiOptions) -> Expectation:
         extension_modules=recipe.extension_modules if recipe else (),
         flavour=flavour,
         default_flavour=default_flavour,
+        label_required=not (recipe and recipe.prebuilt),
     )
 
 
@@ -248,6 +249,7 @@ def expectation_for_file(wheel: Path, opts: AbiOptions) -> Expectation:
         extension_modules=recipe.extension_modules if recipe else (),
         flavour=flavour if flavour is not None else default_flavour,  # type: ignore[arg-type]
         default_flavour=default_flavour,
+        label_required=not (recipe and recipe.prebuilt),
     )
 
 

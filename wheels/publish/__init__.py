@@ -13,9 +13,11 @@ Small modules, each with one concern:
     record       <wheelhouse>/published.json
     pipeline     the steps in order; cli: the two commands
 
-Other sessions (the image build) use the embedded index through :func:`embedded_index`.
+Other sessions (the image build) use the embedded index through :func:`embedded_index`, with the same settings
+(:func:`index_settings`: ``--index-dir``/``WHEELS_INDEX_DIR``, ``--port``/``WHEELS_INDEX_PORT``) as publish.
 """
 
 from .server import EmbeddedIndex, embedded_index
+from .settings import IndexSettings, index_settings
 
-__all__ = ["EmbeddedIndex", "embedded_index"]
+__all__ = ["EmbeddedIndex", "IndexSettings", "embedded_index", "index_settings"]

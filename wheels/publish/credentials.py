@@ -55,12 +55,12 @@ def strip_userinfo(url: str) -> tuple[str, str | None, str | None]:
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:
     """Remove credentials from text: URL userinfo, and every given secret (also in its URL-quoted form)."""
-    text = mask_url(text)
     for secret in secrets:
         if secret and len(secret) >= 3:  # masking a 1-2 character "secret" would mangle ordinary words
             for form in {secret, urllib.parse.quote(secret, safe=""), urllib.parse.quote_plus(secret)}:
                 text = text.replace(form, "***")
-    return text
+    # Secrets first: an unquoted password holding "@" or "/" would otherwise end the userinfo match early.
+    return mask_url(text)
 
 
 def keyring_lookup(service: str, username: str | None) -> tuple[str, str] | None:

@@ -30,7 +30,7 @@ from ..manifest import Record, Wheelhouse
 from ..options import load_matrix
 from ..util import file_lock, sha256_file
 from . import record, static
-from .credentials import Credentials, from_environment, mask_url
+from .credentials import Credentials, from_environment, mask_url, strip_userinfo
 from .remote import IndexReader
 from .server import EmbeddedIndex, embedded_index
 from .settings import PublishOptions, simple_url_for
@@ -260,9 +260,8 @@ def publish_upload(
 
 def prove(staged: Sequence[Staged], index_url: str, creds: Credentials | None, outcome: Outcome) -> None:
     with log.step(f"Resolving {len(staged)} wheel(s) from {mask_url(index_url)} with pip, as an image build will"):
-        for s in staged:
-            resolve_from_index(s.expected(), index_url, creds=creds)
-            outcome.verified.append(s.filename)
+        resolve_from_index([s.expected() for s in staged], index_url, creds=creds)
+        outcome.verified.extend(s.filename for s in staged)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -344,8 +343,8 @@ def publish(opts: PublishOptions, env: Mapping[str, str]) -> Outcome:
         if opts.static_dir is not None:
             outcome = publish_static(staged, opts.static_dir, opts.wheelhouse)
         elif opts.repository_url:
-            url = opts.repository_url
-            creds = from_environment(url, env)
+            creds = from_environment(opts.repository_url, env)
+            url = strip_userinfo(opts.repository_url)[0]  # credentials travel as auth, never inside the URL
             if creds is not None:
                 log.info(f"upload credentials for {mask_url(url)}: user {creds.username!r} from {creds.source}")
             outcome = publish_upload(

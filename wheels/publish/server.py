@@ -112,11 +112,17 @@ def load_credentials(data_dir: Path, env: Mapping[str, str]) -> Credentials:
 
 def write_htpasswd(path: Path, creds: Credentials) -> None:
     """An Apache htpasswd file (passlib), sha256-crypt with modest rounds: verified on every upload request."""
-    from passlib.apache import HtpasswdFile
-    from passlib.hash import sha256_crypt
+    import warnings
 
+    with warnings.catch_warnings():
+        # passlib 1.7.4 imports the stdlib `crypt` (deprecated in 3.11, gone in 3.13, where passlib hashes in Python).
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from passlib.apache import HtpasswdFile
+        from passlib.hash import sha256_crypt
+
+        digest = sha256_crypt.using(rounds=20_000).hash(creds.password)
     ht = HtpasswdFile(new=True)
-    ht.set_hash(creds.username, sha256_crypt.using(rounds=20_000).hash(creds.password))
+    ht.set_hash(creds.username, digest)
     _write_private(path, ht.to_string().decode())
 
 
@@ -171,6 +177,14 @@ def _log_tail(path: Path, lines: int = 20) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def _startup_fix(tail: str, port: int) -> str:
+    if "Address already in use" in tail:
+        return f"port {port} is taken: choose another with WHEELS_INDEX_PORT / --port"
+    if "cannot be longer than 72 bytes" in tail:
+        return "passlib 1.7.4 cannot load bcrypt 5: install the bcrypt pinned in constraints.txt (4.0.1)"
+    return "install the publish dependencies with the pins (`nox -s index` does) and see the server log"
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -271,11 +285,7 @@ def embedded_index(
                 raise PublishError(
                     f"The embedded index (pypiserver) exited at start with status {proc.returncode}",
                     why=f"last lines of {server_log}:\n{tail}",
-                    fix=(
-                        f"port {chosen} is taken: choose another with WHEELS_INDEX_PORT / --port"
-                        if "Address already in use" in tail
-                        else "install the publish dependencies (`nox -s index` does) and see the server log"
-                    ),
+                    fix=_startup_fix(tail, chosen),
                 )
             log.info(f"embedded index (pypiserver, pid {proc.pid}) serving {packages} on {url}")
             yield EmbeddedIndex(url=url, data_dir=data_dir, credentials=creds, pid=proc.pid, _proc=proc)

@@ -117,22 +117,37 @@ def serve_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def index_settings(
+    env: Mapping[str, str],
+    cwd: Path,
+    *,
+    index_dir: Path | None = None,
+    port: str | int | None = None,
+    matrix_settings: Mapping[str, Any] | None = None,
+) -> IndexSettings:
+    """The embedded index's settings, for any session that starts it (publish, index, image): CLI > env > matrix."""
+    if matrix_settings is None:
+        matrix_settings = _load_toml(Path(env.get("WHEELS_MATRIX") or DEFAULT_MATRIX)).get("settings", {})
+    value = (
+        index_dir
+        if index_dir not in (None, "")
+        else env.get("WHEELS_INDEX_DIR") or matrix_settings.get("index-dir", ".cache/index")
+    )
+    data_dir = Path(value).expanduser()
+    data_dir = data_dir if data_dir.is_absolute() else cwd / data_dir
+    chosen = port if port not in (None, "") else env.get("WHEELS_INDEX_PORT")
+    return IndexSettings(data_dir=data_dir, port=_port(chosen, "WHEELS_INDEX_PORT / --port"))
+
+
 def _paths(args: argparse.Namespace, env: Mapping[str, str], cwd: Path) -> tuple[Path, Path, IndexSettings]:
     check_env(env)
     matrix_path = Path(args.matrix or env.get("WHEELS_MATRIX") or DEFAULT_MATRIX)
     settings = dict(_load_toml(matrix_path).get("settings", {}))
-
-    def path_setting(arg: Any, env_key: str, key: str, default: str) -> Path:
-        value = arg if arg not in (None, "") else env.get(env_key) or settings.get(key, default)
-        path = Path(value).expanduser()
-        return path if path.is_absolute() else cwd / path
-
-    wheelhouse = path_setting(args.wheelhouse, "WHEELHOUSE", "wheelhouse", "wheelhouse")
-    data_dir = path_setting(args.index_dir, "WHEELS_INDEX_DIR", "index-dir", ".cache/index")
-    port = _port(
-        args.port if args.port not in (None, "") else env.get("WHEELS_INDEX_PORT"), "WHEELS_INDEX_PORT / --port"
-    )
-    return wheelhouse, matrix_path, IndexSettings(data_dir=data_dir, port=port)
+    value = args.wheelhouse or env.get("WHEELHOUSE") or settings.get("wheelhouse", "wheelhouse")
+    wheelhouse = Path(value).expanduser()
+    wheelhouse = wheelhouse if wheelhouse.is_absolute() else cwd / wheelhouse
+    index = index_settings(env, cwd, index_dir=args.index_dir, port=args.port, matrix_settings=settings)
+    return wheelhouse, matrix_path, index
 
 
 def resolve_publish(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> PublishOptions:

@@ -38,6 +38,8 @@ class Recipe:
     data_files: tuple[str, ...] = ()
     # The setup.py of these packages imports torch: build without isolation, in the prepared environment.
     no_isolation: bool = True
+    # An upstream wheel that is not built here, only proven: fetched by its pin, gated, recorded (no toolchain).
+    prebuilt: bool = False
 
     @property
     def requirements(self) -> tuple[str, ...]:

@@ -1,0 +1,165 @@
+"""The canary suite: what a user waits for with `nox -s wheels -- canary-cu124`, measured end to end.
+
+1. cold: an empty compiler cache and a fresh build tree (the toolkit and the build environment, one-time setup, are
+   reused from the pipeline's cache when there; the notes say whether they were);
+2. no-op rerun: the same command again; the key is built, so nothing may compile (target: under 10 s, nox's own
+   startup included);
+3. rebuild after editing the kernel (csrc/saxpy.cu) with the compiler cache warm: only that unit may recompile.
+
+Every step is the whole `python -m nox -s wheels -- canary-cu124` command, run from the repository root, on a copy
+of the canary's source (the checkout is never edited) and a temporary wheelhouse; WHEELS_MATRIX points the pipeline
+at a one-target matrix for that copy, which is what makes the edit possible.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import log, sources, util
+from ..errors import BuildError
+from ..options import REPO_ROOT, Target, without_settings
+from ..util import TreeMemorySampler
+from .results import Check, Context, Measurement, SuiteResult
+
+TARGET = "canary-cu124"
+NOOP_LIMIT_SECONDS = 10.0
+SHARED = ("toolkits", "downloads", "envs")  # one-time setup, shared with the pipeline's own cache
+# A real edit (new code, not a comment: the preprocessor would erase a comment and the compiler cache would hit).
+KERNEL_EDIT = (
+    "\n// bench: an edit to the kernel source\n__device__ float canary_bench_edit(float v) {{ return v * {n}.f; }}\n"
+)
+
+
+def _matrix_text(target: Target, source: Path) -> str:
+    """A one-target matrix for the copy. Strings are JSON-quoted, which is valid TOML for these plain values."""
+    t, torch = target, target.torch
+    return "\n".join(
+        [
+            "# Written by the canary benchmark: its copy of the canary's source, built like the real target.",
+            "schema = 1",
+            "",
+            f"[torch.{torch.name}]",
+            f"version = {json.dumps(torch.version)}",
+            f"cuda = {json.dumps(torch.cuda)}",
+            f"index-url = {json.dumps(torch.index_url)}",
+            "",
+            f"[targets.{t.name}]",
+            f"package = {json.dumps(t.package)}",
+            f"version = {json.dumps(t.version)}",
+            f"recipe = {json.dumps(t.recipe)}",
+            f"source = {{ path = {json.dumps(str(source))} }}",
+            f"torch = {json.dumps(torch.name)}",
+            f"python = {json.dumps(t.python)}",
+            f"cuda-archs = {json.dumps(t.arch_list)}",
+            "",
+        ]
+    )
+
+
+def _record(wheelhouse: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((wheelhouse / "manifest.json").read_text())["records"].get(TARGET)
+    except FileNotFoundError:
+        return None
+
+
+def _measure(step: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, logs: Path) -> tuple[Measurement, str]:
+    before = _record(wheelhouse)
+    log_path = logs / f"{len(list(logs.iterdir())) + 1}-{re.sub(r'[^A-Za-z0-9]+', '-', step).strip('-')}.log"
+    with log.step(f"bench canary: {step}"), log_path.open("w") as out:
+        started = time.monotonic()
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        with TreeMemorySampler(proc.pid, interval=0.2) as memory:
+            rc = proc.wait()
+        wall = time.monotonic() - started
+    output = log_path.read_text(errors="replace")
+    if rc != 0:
+        raise BuildError(
+            f"bench canary: `{' '.join(cmd)}` failed (exit {rc}) in step {step!r}",
+            why="\n".join(output.splitlines()[-30:]),
+            fix=f"read {log_path}",
+        )
+    record = _record(wheelhouse)
+    assert record is not None
+    built = before is None or record["created"] != before["created"] or record["cache_key"] != before["cache_key"]
+    stats = record["build"] if built else {}
+    return Measurement(
+        step=step,
+        target=TARGET,
+        command="nox -s wheels -- " + TARGET,
+        wall_seconds=round(wall, 2),
+        peak_rss_bytes=memory.peak_tree,
+        jobs=stats.get("jobs"),
+        wheel_size=record["size"],
+        sha256=record["sha256"],
+        cache=stats.get("compiler_cache"),
+        built=built,
+        notes="" if built else "nothing built: the record and wheel were left as they were",
+    ), output
+
+
+def run(ctx: Context) -> SuiteResult:
+    target = ctx.options.targets[TARGET]
+    shared_root = ctx.options.cache_dir
+    notes: list[str] = []
+    present = {sub: (shared_root / sub).is_dir() and any((shared_root / sub).iterdir()) for sub in SHARED}
+    notes.append(
+        "cold step "
+        + (
+            "reused the cached toolkit and build environment"
+            if all(present.values())
+            else f"also set up what the cache lacked: {', '.join(s for s, p in present.items() if not p)}"
+        )
+    )
+    shared_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wheels-bench-canary-") as tmp:
+        work = Path(tmp)
+        source = work / "canary"
+        shutil.copytree(
+            sources.source_dir(target),
+            source,
+            ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__"),
+        )
+        matrix = work / "matrix.toml"
+        matrix.write_text(_matrix_text(target, source))
+        cache, wheelhouse, logs = work / "cache", work / "wheelhouse", work / "logs"
+        cache.mkdir()
+        logs.mkdir()
+        for sub in SHARED:
+            (shared_root / sub).mkdir(exist_ok=True)
+            (cache / sub).symlink_to((shared_root / sub).resolve())
+        env = {
+            **{k: v for k, v in without_settings(ctx.env).items() if k not in ("VIRTUAL_ENV", "NOX_CURRENT_SESSION")},
+            "WHEELS_MATRIX": str(matrix),
+            "WHEELHOUSE": str(wheelhouse),
+            "WHEELS_CACHE_DIR": str(cache),
+        }
+        cmd = [sys.executable, "-m", "nox", "-s", "wheels", "--", TARGET]
+
+        # Not measured: nox creates (or updates) the session's own environment, which no rebuild repeats.
+        with log.step("bench canary: preparing the `nox -s wheels` session (not measured)"):
+            util.run([*cmd, "--list"], cwd=REPO_ROOT, env=env, error=BuildError, what="nox -s wheels -- --list")
+        cold, _ = _measure("cold: empty compiler cache", cmd, env, wheelhouse, logs)
+        noop, output = _measure("no-op rerun", cmd, env, wheelhouse, logs)
+        if noop.built or f"{TARGET}: up to date" not in output:
+            raise BuildError("bench canary: the rerun was not a no-op", fix=f"read the logs in {logs}")
+        kernel = source / "csrc" / "saxpy.cu"
+        kernel.write_text(kernel.read_text() + KERNEL_EDIT.format(n=int(time.time())))
+        edit, _ = _measure("rebuild after editing csrc/saxpy.cu, warm compiler cache", cmd, env, wheelhouse, logs)
+        if not edit.built:
+            raise BuildError(
+                "bench canary: editing the kernel did not rebuild the wheel", fix=f"read the logs in {logs}"
+            )
+    return SuiteResult(
+        measurements=[cold, noop, edit],
+        checks=[Check(f"no-op rerun under {NOOP_LIMIT_SECONDS:.0f} s", NOOP_LIMIT_SECONDS, noop.wall_seconds)],
+        notes=notes,
+    )

@@ -1,0 +1,154 @@
+"""The container suites: `nox -s wheels -- --backend container TARGET`, measured end to end (``container``:
+canary-cu124, minutes; ``container-mmcv``: mmcv-cu124, about an hour cold on 2 cores).
+
+1. cold: an empty compiler cache (the builder image, the container's wheel index and its uv cache, one-time setup,
+   are reused when there; the notes say which had to be made first, outside the measurement);
+2. no-op rerun: the same command; the key is built, so no container may start (target: under 10 s);
+3. warm: the same build again (--force) with the compiler cache the cold step filled.
+
+Every step is the whole `python -m nox -s wheels -- --backend container canary-cu124` command from the repository
+root, into a temporary wheelhouse and cache (sharing the pipeline cache's toolkit, downloads, builder files and
+container index). Where the builder's base image is not present and cannot be pulled (machines without registry
+access, like ours), the builder is made on the Debian stand-in base (`python -m wheels builder --standin`), and the
+notes say so: its wheels are tagged for glibc 2.36, not manylinux_2_28.
+
+The compilers run in the container, children of the Docker engine rather than of this command: the peak RSS of the
+command's own process tree would not show them, so none is reported for these steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import log, util
+from ..builder.image import docker_client, inspect_image
+from ..builder.standin import DEFAULT_TAG as STANDIN_TAG
+from ..errors import BuildError
+from ..options import REPO_ROOT, without_settings
+from .results import Check, Context, Measurement, SuiteResult
+
+NOOP_LIMIT_SECONDS = 10.0
+SHARED = ("toolkits", "downloads", "builder", "container")  # one-time setup, shared with the pipeline's own cache
+
+
+def _record(wheelhouse: Path, target: str) -> dict[str, Any] | None:
+    try:
+        return json.loads((wheelhouse / "manifest.json").read_text())["records"].get(target)
+    except FileNotFoundError:
+        return None
+
+
+def _measure(
+    step: str, target: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, logs: Path
+) -> tuple[Measurement, str]:
+    before = _record(wheelhouse, target)
+    log_path = logs / f"{len(list(logs.iterdir())) + 1}-{re.sub(r'[^A-Za-z0-9]+', '-', step).strip('-')}.log"
+    with log.step(f"bench container: {step}"), log_path.open("w") as out:
+        started = time.monotonic()
+        rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+        wall = time.monotonic() - started
+    output = log_path.read_text(errors="replace")
+    if rc != 0:
+        raise BuildError(
+            f"bench container: `{' '.join(cmd)}` failed (exit {rc}) in step {step!r}",
+            why="\n".join(output.splitlines()[-30:]),
+            fix=f"read {log_path}",
+        )
+    record = _record(wheelhouse, target)
+    assert record is not None
+    built = before is None or record["created"] != before["created"] or record["cache_key"] != before["cache_key"]
+    stats = record["build"] if built else {}
+    container = stats.get("container") or {}
+    notes = "nothing built: the record and wheel were left as they were"
+    if built:
+        notes = (f"{record['platform_tag']} (base glibc {container.get('glibc')}); container test "
+                 f"{container.get('test', {}).get('verdict')}, host gate {record['gate']['verdict']}")
+    return Measurement(
+        step=step,
+        target=target,
+        command="nox -s wheels -- --backend container " + target + (" --force" if "--force" in cmd else ""),
+        wall_seconds=round(wall, 2),
+        peak_rss_bytes=None,
+        jobs=stats.get("jobs"),
+        wheel_size=record["size"],
+        sha256=record["sha256"],
+        cache=stats.get("compiler_cache"),
+        built=built,
+        notes=notes,
+    ), output
+
+
+def _builder_base(ctx: Context, env: dict[str, str], notes: list[str]) -> str:
+    """The configured base when it is present locally; else the Debian stand-in (imported when absent)."""
+    docker = docker_client(env)
+    base = ctx.options.builder_base
+    if inspect_image(docker, base, env) is not None:
+        notes.append(f"builder base: {base}")
+        return base
+    notes.append(f"builder base: the Debian bookworm stand-in ({STANDIN_TAG}); {base} is not present locally")
+    if inspect_image(docker, STANDIN_TAG, env) is None:
+        notes.append("the stand-in base was imported first (not measured)")
+    return STANDIN_TAG
+
+
+def run(ctx: Context) -> SuiteResult:
+    return _run(ctx, "canary-cu124")
+
+
+def run_mmcv(ctx: Context) -> SuiteResult:
+    return _run(ctx, "mmcv-cu124")
+
+
+def _run(ctx: Context, target: str) -> SuiteResult:
+    shared_root = ctx.options.cache_dir
+    notes: list[str] = []
+    env_base = {k: v for k, v in without_settings(ctx.env).items() if k not in ("VIRTUAL_ENV", "NOX_CURRENT_SESSION")}
+    base = _builder_base(ctx, env_base, notes)
+    present = {sub: (shared_root / sub).is_dir() and any((shared_root / sub).iterdir()) for sub in SHARED}
+    shared_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wheels-bench-container-") as tmp:
+        work = Path(tmp)
+        cache, wheelhouse, logs = work / "cache", work / "wheelhouse", work / "logs"
+        cache.mkdir()
+        logs.mkdir()
+        for sub in SHARED:
+            (shared_root / sub).mkdir(exist_ok=True)
+            (cache / sub).symlink_to((shared_root / sub).resolve())
+        env = {**env_base, "WHEELHOUSE": str(wheelhouse), "WHEELS_CACHE_DIR": str(cache), "WHEELS_BUILDER_BASE": base}
+        cmd = [sys.executable, "-m", "nox", "-s", "wheels", "--", "--backend", "container", target]
+
+        # Not measured: nox's session environment, and the one-time setup (stand-in base, builder image, the
+        # container's wheel index and uv cache) that a warm machine already has.
+        with log.step("bench container: one-time setup (not measured)"):
+            builder = [sys.executable, "-m", "wheels", "builder", target]
+            if base == STANDIN_TAG:
+                builder.append("--standin")
+            util.run(builder, cwd=REPO_ROOT, env=env, error=BuildError, what="python -m wheels builder")
+            util.run([*cmd, "--list"], cwd=REPO_ROOT, env=env, error=BuildError, what="nox -s wheels -- --list")
+        missing = [s for s, p in present.items() if not p]
+        notes.append(
+            "the toolkit, builder files and the container's wheel index and uv cache were reused"
+            if not missing
+            else f"cold also set up what the cache lacked: {', '.join(missing)}"
+        )
+        cold, _ = _measure("cold: empty compiler cache", target, cmd, env, wheelhouse, logs)
+        noop, output = _measure("no-op rerun", target, cmd, env, wheelhouse, logs)
+        if noop.built or f"{target}: up to date" not in output:
+            raise BuildError("bench container: the rerun was not a no-op", fix=f"read the logs in {logs}")
+        warm, _ = _measure("warm compiler cache (--force rebuild)", target, [*cmd, "--force"], env, wheelhouse, logs)
+        if not warm.built:
+            raise BuildError("bench container: --force did not rebuild", fix=f"read the logs in {logs}")
+    notes.append(f"load average at the end {os.getloadavg()[0]:.2f} (other builds share these cores)")
+    return SuiteResult(
+        measurements=[cold, noop, warm],
+        checks=[Check(f"no-op rerun under {NOOP_LIMIT_SECONDS:.0f} s", NOOP_LIMIT_SECONDS, noop.wall_seconds)],
+        notes=notes,
+    )
