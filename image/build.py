@@ -34,7 +34,7 @@ from . import context, dockerfile, record, reqs, sources
 from .config import REPO_ROOT
 from .docker import Docker
 from .lock import command_line as lock_command
-from .lock import current_digests
+from .lock import current_digests, gated_wheels
 from .options import BuildOptions, LockOptions, resolve_build
 from .wheelsrc import HashCache, check_folders, check_index, files_for, mirror, raise_missing, reader_for
 
@@ -83,6 +83,20 @@ def check_current(opts: BuildOptions, lock: reqs.Lock, trees: Sequence[sources.S
         )
 
 
+def split_ours(opts: BuildOptions, lock: reqs.Lock) -> tuple[list[reqs.Pin], list[reqs.Pin]]:
+    """(third-party, ours). Ours are the pins a gated wheel of the wheelhouse satisfies (by sha256): they are
+    published into the embedded index and installed in their own layer. Everything else, a package of the matrix
+    included (e.g. xformers before the pipeline has fetched and gated it), is mirrored from upstream. With an index
+    URL there is no wheelhouse to ask: the matrix's package names decide the layering."""
+    c = opts.common
+    if c.index_url:
+        return reqs.split(lock.pins, c.ours)
+    gated = {r.sha256 for r in gated_wheels(c.wheelhouse, c.torch.name)}
+    third = [p for p in lock.pins if not gated.intersection(p.hashes)]
+    mine = [p for p in lock.pins if gated.intersection(p.hashes)]
+    return third, mine
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Secrets: written to a private folder outside the build context, passed with --secret, removed afterwards
 
@@ -129,7 +143,7 @@ def wheel_source(
 ) -> Iterator[tuple[str | None, dict[reqs.Pin, Path] | None, str]]:
     """(index URL for the build, files for a wheelhouse build, description), with the preflight done."""
     c = opts.common
-    third, mine = reqs.split(lock.pins, c.ours)
+    third, mine = split_ours(opts, lock)
     tags = reqs.target_tags(c.python, c.platform)
     hashes = HashCache(c.cache_dir / "hashes.json")
     upstream = [c.pypi_url]
@@ -259,7 +273,7 @@ def build_image(opts: BuildOptions, env: Mapping[str, str]) -> dict[str, Any]:
     if c.profile == "full":
         trees = sources.materialize(c.nodes.all, c.source_dirs, c.cache_dir)
     check_current(opts, lock, trees)
-    third, mine = reqs.split(lock.pins, c.ours)
+    third, mine = split_ours(opts, lock)
     log.info(f"lock {c.lock_path.name}: {len(third)} third-party wheels, ours: {', '.join(map(str, mine)) or 'none'}")
 
     ctx_dir = c.cache_dir / "context" / f"{c.profile}-{c.torch.name}"

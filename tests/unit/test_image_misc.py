@@ -189,3 +189,40 @@ def test_a_local_folder_is_identified_by_commit_or_by_content(repo: tuple[Path, 
     assert first.startswith("tree-sha256:")
     (plain / "requirements.txt").write_text("numpy\nscipy\n")
     assert sources.local(pin, plain).identity() != first
+
+
+def _gated_wheelhouse(root: Path, filename: str, sha256: str, build: str = "cu124", verdict: str = "pass") -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / filename).write_bytes(b"wheel")
+    record = {
+        "target": f"x-{build}", "filename": filename, "sha256": sha256, "size": 5, "package": filename.split("-")[0],
+        "version": filename.split("-")[1], "label": "", "torch": {"build": build}, "cuda": "12.4",
+        "python_tag": "cp311", "platform_tag": "manylinux_2_34_x86_64", "cuda_archs": ["9.0"], "cxx11_abi": False,
+        "cache_key": "k", "flavour": None, "toolchain": {}, "build": {}, "gate": {"verdict": verdict}, "created": "now",
+    }  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps({"schema": 1, "records": {record["target"]: record}}))
+    return root
+
+
+def test_ours_are_the_pins_a_gated_wheel_satisfies(tmp_path: Path) -> None:
+    """A matrix package that the wheelhouse has not gated (xformers, fetched from PyPI) is mirrored as third-party."""
+    from image.build import split_ours
+    from image.options import resolve_build
+    from image.reqs import Lock, Pin
+
+    wheelhouse = _gated_wheelhouse(tmp_path / "wh", "canary-0.1.0+cu124torch2.5-cp311-cp311-linux_x86_64.whl", "c" * 64)
+    pins = (Pin("canary", "0.1.0+cu124torch2.5", ("c" * 64,)), Pin("xformers", "0.0.29.post1", ("d" * 64,)),
+            Pin("torch", "2.5.1", ("e" * 64,)))  # fmt: skip
+    opts = resolve_build(["--torch", "cu124", "--wheelhouse", str(wheelhouse)], {}, cwd=tmp_path)
+    third, mine = split_ours(opts, Lock(pins, {}))
+    assert [p.name for p in mine] == ["canary"] and [p.name for p in third] == ["xformers", "torch"]
+    # Ungated, or for another torch build: not ours.
+    for kwargs in ({"verdict": "fail"}, {"build": "cu121"}):
+        other = _gated_wheelhouse(
+            tmp_path / str(kwargs), "canary-0.1.0-cp311-cp311-linux_x86_64.whl", "c" * 64, **kwargs
+        )
+        opts = resolve_build(["--torch", "cu124", "--wheelhouse", str(other)], {}, cwd=tmp_path)
+        assert split_ours(opts, Lock(pins, {}))[1] == []
+    # Our wheels from an index: the matrix's names decide the layers.
+    opts = resolve_build(["--torch", "cu124", "--index-url", "https://i.example/simple"], {}, cwd=tmp_path)
+    assert [p.name for p in split_ours(opts, Lock(pins, {}))[1]] == ["canary", "xformers"]
