@@ -32,8 +32,9 @@ from .progress import FileProgress, Progress
 
 STATE_DIR = ".models"
 HEADROOM_MIN = 16 << 20  # filesystem metadata, the records, a little slack
-# After Ctrl-C, transfers stop at their next write. One blocked in a read from a slow or stalled server (the hub
-# client reads 10 MiB between writes) gets this long; then it is abandoned and ``python -m models`` exits anyway.
+# After Ctrl-C, transfers stop at their next write. One blocked in a read from a slow or stalled server (a write
+# comes after each hub.CHUNK_SIZE read, or a read timeout) gets this long; then it is abandoned and
+# ``python -m models`` exits anyway.
 CANCEL_GRACE_S = 2.0
 
 
