@@ -552,12 +552,14 @@ def test_a_failure_inside_hf_xet_is_a_clear_error_that_leaves_nothing(
 
 def test_ctrl_c_stops_promptly_keeps_the_partial_and_the_next_run_resumes(tmp_path: Path, hub: HubStub) -> None:
     f = hub.add("org/model", "big.bin", blob(41, 24 * MIB))
-    # The first transfer sends 12 MiB at full speed, then crawls (~90 s for the rest): the Ctrl-C lands mid-body
-    # however loaded the machine is. The resumed run is not slowed.
-    hub.fault("cdn", f.sha256, "slow", after=12 * MIB, delay=0.5, times=1)
+    # The first transfer sends 12 MiB at full speed, then 64 KiB every 5 s: the Ctrl-C lands mid-body however loaded
+    # the machine is, and the client's next read (1 MiB or more) cannot finish for over a minute, so the run must
+    # stop without waiting for it. The resumed run is not slowed.
+    hub.fault("cdn", f.sha256, "slow", after=12 * MIB, delay=5.0, times=1)
     manifest = write_manifest(tmp_path, entry("big", "org/model", "big.bin"))
     dest = tmp_path / "dest"
-    env = {"HF_ENDPOINT": hub.endpoint, "PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")}
+    env = {"HF_ENDPOINT": hub.endpoint, "PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", ""),
+           "HF_HUB_DOWNLOAD_TIMEOUT": "120"}  # a slow link, not a dead one: no read times out
     cmd = [sys.executable, "-m", "models", "--manifest", str(manifest), "--dest", str(dest), "--no-progress"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     partial = dest / ".models" / "partial" / f"big.bin.{f.sha256[:16]}.part"
