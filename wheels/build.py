@@ -438,9 +438,13 @@ class Pipeline:
             masq = tree / "ccache-bin"
             masq.mkdir(parents=True, exist_ok=True)
             for name in ("c++", "g++"):
+                # Re-pointed every run: a resumed tree may hold links into an environment since replaced or deleted.
                 link = masq / name
-                if not link.exists():
-                    link.symlink_to(ccache)
+                if not (link.is_symlink() and os.readlink(link) == str(ccache)):
+                    fresh = masq / f".{name}.new"
+                    fresh.unlink(missing_ok=True)
+                    fresh.symlink_to(ccache)
+                    os.replace(fresh, link)
             out.update(
                 {
                     "CXX": str(masq / "c++"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -378,3 +379,20 @@ def test_the_compile_environment(fake_pipeline, tmp_path: Path) -> None:  # noqa
     assert out["CCACHE_BASEDIR"] == str(tmp / "cache" / "build")  # build trees move between keys; objects still hit
     assert "include_file_ctime" in out["CCACHE_SLOPPINESS"].split(",")
     assert out["FAKE_BUILD"] == "oom"  # the caller's environment passes through
+
+
+def test_a_resumed_tree_compiles_through_the_current_environments_ccache(fake_pipeline, tmp_path: Path) -> None:  # noqa: ANN001
+    """Seen in a real mmcv build: a tree from an earlier run linked c++ to the ccache of an environment that was
+    deleted since, and the resumed compile failed with exit 127."""
+    pipeline, ctx, tmp = fake_pipeline("oom")
+    toolchain = pipeline.toolchains.get("12.4")
+    tree = tmp / "tree"
+    for name in ("old-env", "new-env"):
+        (tmp / name / "bin").mkdir(parents=True)
+        (tmp / name / "bin" / "ccache").write_text("")
+    pipeline._compile_env(ctx, PythonEnv(tmp / "old-env"), toolchain, JobPlan(1, 1, "test"), "cu124torch2.5", tree)
+    shutil.rmtree(tmp / "old-env")
+    pipeline._compile_env(ctx, PythonEnv(tmp / "new-env"), toolchain, JobPlan(1, 1, "test"), "cu124torch2.5", tree)
+    for name in ("c++", "g++"):
+        assert (tree / "ccache-bin" / name).resolve() == tmp / "new-env" / "bin" / "ccache"
+    assert sorted(p.name for p in (tree / "ccache-bin").iterdir()) == ["c++", "g++"]
