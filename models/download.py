@@ -32,6 +32,9 @@ from .progress import FileProgress, Progress
 
 STATE_DIR = ".models"
 HEADROOM_MIN = 16 << 20  # filesystem metadata, the records, a little slack
+# After Ctrl-C, transfers stop at their next write. One blocked in a read from a slow or stalled server (the hub
+# client reads 10 MiB between writes) gets this long; then it is abandoned and ``python -m models`` exits anyway.
+CANCEL_GRACE_S = 2.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +254,9 @@ class Downloader:
         and raise that failure (after logging every other one)."""
         results: dict[str, Any] = {}
         errors: list[BaseException] = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(self.options.jobs, len(entries))) as pool:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(self.options.jobs, len(entries)))
+        interrupted = False
+        try:
             futures = {pool.submit(func, e): e for e in entries}
             try:
                 for future in concurrent.futures.as_completed(futures):
@@ -268,10 +273,13 @@ class Downloader:
                         if isinstance(e, ModelsError) and len(errors) > 1:
                             log.warn(f"also failed: {e.what}")
             except KeyboardInterrupt:
+                interrupted = True
                 self.cancelled.set()  # running transfers stop at their next write; partials stay for the next run
-                for other in futures:
-                    other.cancel()
+                running = [other for other in futures if not other.cancel()]
+                concurrent.futures.wait(running, timeout=CANCEL_GRACE_S)
                 raise
+        finally:
+            pool.shutdown(wait=not interrupted, cancel_futures=True)
         if errors:
             raise errors[0]
         return results

@@ -159,7 +159,7 @@ class Pipeline:
         names = []
         for name, target in self.opts.targets.items():
             if target.torch.source == "index" and target.torch.cuda:
-                if self.toolchains.plan(target.torch.cuda).nvcc_version is not None:
+                if RECIPES[target.recipe].prebuilt or self.toolchains.plan(target.torch.cuda).nvcc_version is not None:
                     names.append(name)
         return names
 

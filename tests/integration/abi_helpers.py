@@ -1,8 +1,10 @@
 """Small, deliberately broken wheels for the ABI gate's integration tests, built in seconds.
 
 Each is a real torch extension module compiled with g++ against torch 2.5.1's headers (only the c10 header it needs,
-not torch/extension.h) and Python's C API, or, for the arch case, with the pipeline's CUDA 12.4 nvcc. The wheels are
-written by hand (METADATA, WHEEL, RECORD), so a test can make exactly one thing wrong.
+not torch/extension.h) and Python's C API, or, for the arch case, with the pipeline's CUDA 12.4 nvcc; or a torch
+operator library like xformers/_C.so (TORCH_LIBRARY, no PyInit_*), which the package loads with
+torch.ops.load_library. The wheels are written by hand (METADATA, WHEEL, RECORD), so a test can make exactly one thing
+wrong.
 """
 
 from __future__ import annotations
@@ -51,6 +53,28 @@ static PyObject* replace(PyObject*, PyObject*) {
 static PyMethodDef methods[] = {{"replace", replace, METH_NOARGS, nullptr}, {nullptr, nullptr, 0, nullptr}};
 static PyModuleDef module = {PyModuleDef_HEAD_INIT, MODULE_NAME, nullptr, -1, methods};
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }
+"""
+
+# A torch operator library: one operator, registered the way xformers registers its own (TORCH_LIBRARY), and no
+# Python module. ABIPROBE_TORCH26 adds a call torch 2.6 has and torch 2.5.1 does not.
+OPS_CPP = r"""
+#include <optional>
+#include <string>
+#include <torch/library.h>
+
+#ifdef ABIPROBE_TORCH26
+namespace c10::utils { std::optional<std::string> get_env(const char* name) noexcept; }
+#endif
+
+static at::Tensor twice(const at::Tensor& x) {
+#ifdef ABIPROBE_TORCH26
+  if (c10::utils::get_env("ABIPROBE")) return x;
+#endif
+  return x.add(x);
+}
+
+TORCH_LIBRARY(abiprobe_ops, m) { m.def("twice(Tensor x) -> Tensor"); }
+TORCH_LIBRARY_IMPL(abiprobe_ops, CompositeExplicitAutograd, m) { m.impl("twice", &twice); }
 """
 
 # A CUDA kernel and its launcher (the runtime only, no torch): the arch case.
@@ -141,6 +165,20 @@ def compile_probe(torch: TorchTree, out: Path, package: str, *, cxx11_abi: bool 
     return out
 
 
+def compile_ops(torch: TorchTree, out: Path, *, torch26: bool = False) -> subprocess.Popen[str]:
+    """Start g++ on the operator library (torch/library.h: about 6 s; callers run two at once). Wait on the result."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src = out.parent / "ops.cpp"
+    src.write_text(OPS_CPP)
+    cmd = [
+        "g++", "-shared", "-fPIC", "-O1", "-std=c++17", "-D_GLIBCXX_USE_CXX11_ABI=0", f"-I{torch.include}",
+        str(src), "-o", str(out), f"-L{torch.lib}", "-ltorch_cpu", "-lc10",
+    ]  # fmt: skip
+    if torch26:
+        cmd.insert(1, "-DABIPROBE_TORCH26")
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 def compile_cuda_probe(nvcc: Path, cudart_dir: Path, out: Path, package: str, gencode: list[str]) -> Path:
     """nvcc the kernel for the given -gencode flags, then link it with a binding into a module; a few seconds."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -187,15 +225,17 @@ def write_wheel(
     version: str = f"0.1.0+{LABEL}",
     metadata_version: str | None = None,
     init: str = "",
+    filename: str = f"_C{EXT_SUFFIX}",
 ) -> Path:
-    """A wheel holding ``package/__init__.py`` (``init``) and ``package/_C<EXT_SUFFIX>``; RECORD always right."""
+    """A wheel holding ``package/__init__.py`` (``init``) and ``package/<filename>`` (``module``); RECORD always
+    right."""
     folder.mkdir(parents=True, exist_ok=True)
     info = f"{package}-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: {package}\nVersion: {metadata_version or version}\n"
     tag = f"{PY_TAG}-{PY_TAG}-linux_x86_64"
     files = {
         f"{package}/__init__.py": init.encode(),
-        f"{package}/_C{EXT_SUFFIX}": module.read_bytes(),
+        f"{package}/{filename}": module.read_bytes(),
         f"{info}/METADATA": metadata.encode(),
         f"{info}/WHEEL": f"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: false\nTag: {tag}\n".encode(),
     }

@@ -50,7 +50,7 @@ class Fault:
     kind: str  # "status", "drop", "corrupt", "ignore-range", "slow"
     times: int = 1  # how many requests it affects; -1 = all
     status: int = 503
-    after: int = 0  # for "drop": bytes sent before the connection is cut
+    after: int = 0  # for "drop": bytes sent before the connection is cut; for "slow": bytes sent at full speed first
     delay: float = 0.0  # for "slow": seconds per chunk
     methods: tuple[str, ...] = ("GET", "HEAD")
 
@@ -290,7 +290,7 @@ class HubStub:
                 return
             h.wfile.write(chunk)
             sent += len(chunk)
-            if slow is not None:
+            if slow is not None and sent >= slow.after:
                 time.sleep(slow.delay)
         with self._lock:
             self.served_bytes[key] = self.served_bytes.get(key, 0) + sent

@@ -3,6 +3,8 @@
 The good canary passes; each broken wheel fails with its own message: the other C++11 ABI, a torch symbol torch 2.5.1
 does not have, METADATA disagreeing with the file name, a missing arch, and a wheel checked against another torch
 (torch 2.6.0: PyPI's other CUDA 12.4 build, which shares torch 2.5.1's nvidia-* pins, so uv's cache serves most of it).
+Torch operator libraries (TORCH_LIBRARY, no PyInit_*) are checked and loaded as their packages load them: a g++-built
+one, good and broken, and upstream's xformers 0.0.29.post1 wheel (its _C.so is one; sm_90a is its only 9.0 code).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from abi_helpers import (  # noqa: E402
     TorchTree,
     compile_cuda_probe,
     compile_object,
+    compile_ops,
     compile_probe,
     pipeline_env,
     run_wheels,
@@ -177,7 +180,7 @@ def test_good_probe_passes(probes: dict[str, Path]) -> None:
     assert result.returncode == 0, result.stderr[-6000:]
     assert not failed(checks)
     assert "pre-C++11 ABI, like torch" in checks["cxx11_abi"]["summary"]
-    assert checks["import"]["summary"] == "import torch, then abiprobe_good._C"  # discovered: no recipe names it
+    assert checks["import"]["summary"] == "import torch, then extension module abiprobe_good._C"  # no recipe
 
 
 def test_extension_is_checked_without_its_packages_pure_python_dependencies(probes: dict[str, Path]) -> None:
@@ -186,7 +189,7 @@ def test_extension_is_checked_without_its_packages_pure_python_dependencies(prob
     result, checks = gate(probes["pure_deps"])
     assert result.returncode == 0, result.stderr[-6000:]
     assert not failed(checks)
-    assert checks["import"]["summary"] == "import torch, then abiprobe_good._C"
+    assert checks["import"]["summary"] == "import torch, then extension module abiprobe_good._C"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -267,6 +270,89 @@ def test_checked_against_another_torch(probes: dict[str, Path], next_torch_matri
     reports = probes["good"].parent / "reports"
     report = json.loads((reports / f"{probes['good'].name}.abi.cu124-torch26.json").read_text())
     assert report["torch"]["version"] == "2.6.0+cu124"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Torch operator libraries: no PyInit_*, loaded with torch.ops.load_library
+
+
+@pytest.fixture(scope="session")
+def op_libraries(torch_tree: TorchTree, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Wheels holding abiprobe_ops/_C.so, named as xformers names its own: one good, one calling a torch 2.6 symbol."""
+    root = tmp_path_factory.mktemp("ops")
+    builds = {
+        name: compile_ops(torch_tree, root / name / "_C.so", torch26=name == "torch26") for name in ("good", "torch26")
+    }
+    wheels = {}
+    for name, proc in builds.items():
+        out, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"g++ of the {name} operator library failed:\n{out[-4000:]}"
+        wheels[name] = write_wheel(root / name / "dist", "abiprobe_ops", root / name / "_C.so", filename="_C.so")
+    return wheels
+
+
+def test_torch_operator_library_passes(op_libraries: dict[str, Path]) -> None:
+    result, checks = gate(op_libraries["good"])
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert not failed(checks)
+    assert (
+        " undefined symbols of 1 torch operator library resolve against torch 2.5.1+cu124"
+        in checks["symbols"]["summary"]
+    )
+    assert "pre-C++11 ABI, like torch" in checks["cxx11_abi"]["summary"]
+    assert checks["import"]["summary"] == (
+        "import torch, then torch operator library abiprobe_ops/_C.so (torch.ops.load_library: 1 operator in "
+        "abiprobe_ops::)"
+    )
+    assert checks["import"]["details"]["abiprobe_ops/_C.so"]["operators"] == ["abiprobe_ops::twice"]
+
+
+def test_torch_operator_library_with_a_symbol_torch_251_does_not_have(op_libraries: dict[str, Path]) -> None:
+    result, checks = gate(op_libraries["torch26"])
+    assert result.returncode == GATE_FAILED
+    assert failed(checks) == {"symbols", "import"}
+    [problem] = checks["symbols"]["problems"]
+    assert problem.startswith(
+        "abiprobe_ops/_C.so: undefined symbol c10::utils::get_env(char const*) [_ZN3c105utils7get_envEPKc]"
+    )
+    assert "built against another torch: torch 2.5.1+cu124 does not define it" in problem
+    [failure] = checks["import"]["problems"]
+    assert failure.startswith("torch.ops.load_library('abiprobe_ops/_C.so') failed: OSError: ")
+    assert "undefined symbol: _ZN3c105utils7get_envEPKc" in failure
+    assert "likely cause: built against another torch: torch 2.5.1+cu124 does not define it" in result.stderr
+
+
+XFORMERS_TARGET = "xformers-cu124"
+XFORMERS_WHEEL = "xformers-0.0.29.post1-cp311-cp311-manylinux_2_28_x86_64.whl"
+
+
+def test_upstream_xformers_wheel_passes_and_is_recorded(gate_cache: Path, tmp_path: Path) -> None:
+    """The prebuilt recipe end to end: fetch the pinned 15 MB wheel from PyPI, gate it against torch 2.5.1+cu124,
+    record it. Its _C.so is a torch operator library, and sm_90a its only code for 9.0 GPUs."""
+    wheelhouse = tmp_path / "wheelhouse"
+    started = time.monotonic()
+    result = run_wheels("build", XFORMERS_TARGET, "--wheelhouse", wheelhouse, "--cache-dir", gate_cache)
+    print(f"{XFORMERS_TARGET} took {time.monotonic() - started:.1f}s:\n{result.stderr[-6000:]}")
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert f"ABI gate: {XFORMERS_WHEEL} against torch 2.5.1+cu124: PASS" in result.stderr
+    for check in ("integrity", "install", "symbols", "cxx11_abi", "cuda", "portability", "import"):
+        assert f"[ok] {check}:" in result.stderr
+    assert "undefined symbols of 1 torch operator library resolve against torch 2.5.1+cu124" in result.stderr
+    assert "covers 8.0;8.6;8.9;9.0 (9.0 by sm_90a: " in result.stderr
+    assert re.search(
+        r"\[ok\] import: import torch, then torch operator library xformers/_C\.so \(torch\.ops\.load_library: "
+        r"\d+ operators in xformers::\)",
+        result.stderr,
+    )
+    record = json.loads((wheelhouse / "manifest.json").read_text())["records"][XFORMERS_TARGET]
+    assert record["filename"] == XFORMERS_WHEEL
+    assert record["gate"]["verdict"] == "pass"
+    assert (wheelhouse / XFORMERS_WHEEL).is_file()
+    report = json.loads((wheelhouse / record["gate"]["report"]).read_text())
+    imported = next(c for c in report["checks"] if c["name"] == "import")
+    assert imported["details"]["xformers/_C.so"]["kind"] == "torch-library"
+    cuda = next(c for c in report["checks"] if c["name"] == "cuda")
+    assert cuda["details"]["xformers/_C.so"]["runs"]["9.0"] == "sm_90a"
 
 
 # ---------------------------------------------------------------------------------------------------------------------

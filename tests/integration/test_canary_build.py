@@ -186,5 +186,6 @@ def test_bare_default_build_names_the_targets_it_can_build(tmp_path: Path) -> No
         "mmcv-cu124",
         "flash-attn-cu124",
         "flash-attn-hdim128-cu124",
+        "xformers-cu124",  # upstream's wheel: nothing to compile, so no toolkit needed
     }
     assert not cache.exists() and not wheelhouse.exists(), "work was done before the toolchain check"

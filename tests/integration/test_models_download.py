@@ -483,7 +483,9 @@ def test_xet_transport_hashes_what_hf_xet_assembled(
 
 def test_ctrl_c_stops_promptly_keeps_the_partial_and_the_next_run_resumes(tmp_path: Path, hub: HubStub) -> None:
     f = hub.add("org/model", "big.bin", blob(41, 24 * MIB))
-    hub.fault("cdn", f.sha256, "slow", delay=0.01, times=1)  # ~4 s for the first transfer only
+    # The first transfer sends 12 MiB at full speed, then crawls (~90 s for the rest): the Ctrl-C lands mid-body
+    # however loaded the machine is. The resumed run is not slowed.
+    hub.fault("cdn", f.sha256, "slow", after=12 * MIB, delay=0.5, times=1)
     manifest = write_manifest(tmp_path, entry("big", "org/model", "big.bin"))
     dest = tmp_path / "dest"
     env = {"HF_ENDPOINT": hub.endpoint, "PYTHONPATH": str(ROOT), "PATH": os.environ.get("PATH", "")}
@@ -492,6 +494,7 @@ def test_ctrl_c_stops_promptly_keeps_the_partial_and_the_next_run_resumes(tmp_pa
     partial = dest / ".models" / "partial" / f"big.bin.{f.sha256[:16]}.part"
     deadline = time.monotonic() + 30
     while not (partial.exists() and partial.stat().st_size >= 10 * MIB) and time.monotonic() < deadline:
+        assert proc.poll() is None, f"the download ended before it could be interrupted: {proc.communicate()}"
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)

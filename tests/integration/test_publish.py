@@ -324,7 +324,12 @@ def test_index_command_serves_until_ctrl_c(tmp_path: Path, house: Path, env: dic
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/simple/other-pkg/", timeout=10) as r:
             assert "other_pkg-2.0+cu124torch2.5-py3-none-any.whl" in r.read().decode()
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server_log = tmp_path / "index" / "server.log"
+            tail = server_log.read_text(errors="replace")[-3000:] if server_log.exists() else "(no server log)"
+            pytest.fail(f"still running 60 s after Ctrl-C; its output:\n{''.join(lines)}\nserver log:\n{tail}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import hashlib
 import io
 import zipfile
@@ -12,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from wheels.abi import checks
-from wheels.abi.analysis import Linkage, WheelFile
+from wheels.abi.analysis import Linkage, Load, WheelFile
 from wheels.abi.checks import TorchFacts, classify_unresolved, symbol_abi
 from wheels.abi.demangle import demangle, demangle_all
 from wheels.abi.elf import STB_GLOBAL, DynamicInfo, ElfFacts, Symbol, VersionNeed
-from wheels.abi.fatbin import FATBIN_MAGIC, KIND_ELF
+from wheels.abi.fatbin import FATBIN_MAGIC, FLAG_ARCH_SPECIFIC, KIND_ELF
 from wheels.abi.loader import Missing
 from wheels.abi.model import Expectation
 from wheels.abi.policy import load_policy
@@ -117,7 +118,43 @@ def test_check_symbols_names_each_symbol_demangled_with_its_cause() -> None:
 
 def test_check_symbols_without_any_module_fails() -> None:
     result = checks.check_symbols([], TORCH)
-    assert not result.passed and "no extension module" in result.summary
+    assert not result.passed and "no extension module, torch operator library" in result.summary
+
+
+def op_library(member: str = "pkg/_C.so", **kw: object) -> WheelFile:
+    """A torch operator library (xformers/_C.so): links torch, no PyInit_*, loaded by torch.ops.load_library."""
+    file = wheel_file(member, module=None, needed=("libtorch_cpu.so", "libc10.so"), **kw)  # type: ignore[arg-type]
+    return dataclasses.replace(file, links_torch=True)
+
+
+def test_check_symbols_names_the_kind_it_checked() -> None:
+    library = op_library(undefined=(sym(REPLACE_OLD),))
+    assert library.kind == "torch-library"
+    result = checks.check_symbols([linkage(library, [])], TORCH)
+    assert result.passed
+    assert result.summary.startswith("1 undefined symbols of 1 torch operator library resolve against torch")
+    assert result.details["pkg/_C.so"]["kind"] == "torch-library"
+    both = checks.check_symbols([linkage(wheel_file(), []), linkage(library, [])], TORCH)
+    assert "of 2 shared objects (1 extension module, 1 torch operator library) resolve" in both.summary
+
+
+def test_check_symbols_fails_an_operator_library_with_a_symbol_torch_lacks() -> None:
+    library = op_library(undefined=(sym(GET_ENV),))
+    result = checks.check_symbols([linkage(library, [sym(GET_ENV)])], TORCH)
+    assert not result.passed
+    assert result.problems == [
+        f"pkg/_C.so: undefined symbol c10::utils::get_env(char const*) [{GET_ENV}]: built against another torch: "
+        "torch 2.5.1+cu124 does not define it"
+    ]
+
+
+def test_check_symbols_names_the_loader_of_a_library() -> None:
+    helper = wheel_file("pkg/libhelper.so", module=None, undefined=(sym("nowhere"),))
+    link = dataclasses.replace(linkage(helper, [sym("nowhere")]), via="pkg/_C.cpython-311-x86_64-linux-gnu.so")
+    result = checks.check_symbols([link], TORCH)
+    assert result.problems[0].startswith(
+        "pkg/libhelper.so (loaded by pkg/_C.cpython-311-x86_64-linux-gnu.so): undefined symbol nowhere: "
+    )
 
 
 def test_check_symbols_reports_missing_libraries_but_not_the_driver() -> None:
@@ -152,12 +189,33 @@ def test_check_cxx11_abi(names: list[str], torch: TorchFacts, passed: bool, phra
         assert "C++11 ABI differs" in (result.cause or "")
 
 
-def fatbin_with(*archs: int) -> bytes:
+def test_check_cxx11_abi_judges_operator_libraries_and_records_other_libraries() -> None:
+    new_abi = (sym(REPLACE_NEW),)
+    library = op_library(undefined=new_abi)
+    result = checks.check_cxx11_abi([library], TORCH)
+    assert not result.passed
+    assert result.problems[0].startswith("pkg/_C.so uses the C++11 ABI")
+    # A library that does not link torch passes it no std type: recorded, not judged.
+    vendored = wheel_file("pkg.libs/libyaml-cpp.so", module=None, needed=("libstdc++.so.6",), undefined=new_abi)
+    result = checks.check_cxx11_abi([vendored], TORCH)
+    assert result.passed
+    assert result.details["pkg.libs/libyaml-cpp.so"] == {
+        "kind": "library",
+        "abi": "cxx11",
+        "cxx11_symbols": 1,
+        "pre_cxx11_symbols": 0,
+        "compared_with_torch": False,
+    }
+
+
+def fatbin_with(*archs: int | str) -> bytes:
+    """One container of tiny cubins; "90a" is written as nvcc writes arch-specific code (arch 90, flag 0x100000)."""
     import struct
 
     body = b""
-    for arch in archs:
-        head = struct.pack("<HHIQIIHHIIIQ", KIND_ELF, 0x0101, 72, 8, 8, 0, 7, 1, arch, 0, 0, 0x11)
+    for spec in archs:
+        arch, flags = int(str(spec).rstrip("a")), 0x11 | (FLAG_ARCH_SPECIFIC if str(spec).endswith("a") else 0)
+        head = struct.pack("<HHIQIIHHIIIQ", KIND_ELF, 0x0101, 72, 8, 8, 0, 7, 1, arch, 0, 0, flags)
         body += head + b"\0" * (72 - len(head)) + b"\x7fELF\0\0\0\0"
     return struct.pack("<IHHQ", FATBIN_MAGIC, 1, 16, len(body)) + body
 
@@ -167,6 +225,21 @@ def test_check_cuda_passes_when_every_arch_has_sass() -> None:
     result = checks.check_cuda([file], TORCH, ("8.0", "8.6", "9.0"))
     assert result.passed, result.problems
     assert result.summary == "links libcudart.so.12 (torch: CUDA 12.4); device code sm_80, sm_90 covers 8.0;8.6;9.0"
+
+
+def test_check_cuda_takes_sm_90a_for_a_90_target() -> None:
+    """The arch list of upstream's xformers 0.0.29.post1 (TORCH_CUDA_ARCH_LIST "6.0+PTX 7.0 7.5 8.0+PTX 9.0a")."""
+    file = op_library("xformers/_C.so", fatbin=fatbin_with(60, 70, 75, 80, "90a"))
+    result = checks.check_cuda([file], TORCH, ("8.0", "8.6", "8.9", "9.0"))
+    assert result.passed, result.problems
+    assert result.summary.endswith(
+        "device code sm_60, sm_70, sm_75, sm_80, sm_90a covers 8.0;8.6;8.9;9.0 (9.0 by sm_90a: arch-specific code "
+        "runs on exactly its compute capability)"
+    )
+    assert result.details["xformers/_C.so"]["runs"] == {"8.0": "sm_80", "8.6": "sm_80", "8.9": "sm_80", "9.0": "sm_90a"}
+    later = checks.check_cuda([file], TORCH, ("9.0", "10.0"))
+    assert not later.passed
+    assert "no SASS for sm_100" in later.problems[0]
 
 
 def test_check_cuda_names_the_missing_arch() -> None:
@@ -323,3 +396,42 @@ def test_integrity_missing_module_and_record_tampering(tmp_path: Path) -> None:
             dst.writestr(item, b"changed" if item.filename == "pkg/__init__.py" else data)
     result = checks.check_integrity(tampered, EXPECT, TORCH_RECORD)
     assert result.problems == ["pkg/__init__.py: hash does not match RECORD"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Import: the probe's results, as a verdict
+
+MODULE_LOAD = Load("module", "pkg._C")
+LIBRARY_LOAD = Load("torch-library", "xformers/_C.so", "/site/xformers/_C.so")
+
+
+def test_loaded_names_each_kind_and_what_an_operator_library_registers() -> None:
+    ok = {"error": None, "operators": None}
+    ops = {"error": None, "operators": ["xformers::swiglu_packedw", "xformers::efficient_attention_forward_cutlass"]}
+    result = checks.check_loaded([MODULE_LOAD, LIBRARY_LOAD], [ok, ops], "")
+    assert result.passed
+    assert result.summary == (
+        "import torch, then extension module pkg._C; torch operator library xformers/_C.so "
+        "(torch.ops.load_library: 2 operators in xformers::)"
+    )
+    assert result.details["xformers/_C.so"]["kind"] == "torch-library"
+    kernels_only = checks.check_loaded([LIBRARY_LOAD], [{"error": None, "operators": []}], "")
+    assert "no new operator names (kernels for existing ones only)" in kernels_only.summary
+
+
+def test_loaded_failure_names_the_statement_and_the_symbol() -> None:
+    err = f"OSError: /site/xformers/_C.so: undefined symbol: {GET_ENV}"
+    result = checks.check_loaded([LIBRARY_LOAD], [{"error": err, "operators": None}], "")
+    assert not result.passed
+    assert result.problems == [
+        f"torch.ops.load_library('xformers/_C.so') failed: {err} (c10::utils::get_env(char const*))"
+    ]
+    died = checks.check_loaded([MODULE_LOAD, LIBRARY_LOAD], None, "the loading process died (signal 11): ")
+    assert died.problems == [
+        "import torch; import pkg._C; torch.ops.load_library('xformers/_C.so'): the loading process died (signal 11): "
+    ]
+    nothing = checks.check_loaded([], [], "")
+    assert (
+        not nothing.passed
+        and nothing.summary == "the wheel holds no extension module or torch operator library to load"
+    )

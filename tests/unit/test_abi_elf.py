@@ -280,3 +280,109 @@ def test_missing_driver_library_is_not_a_failure(tmp_path: Path) -> None:
     assert link.missing[0].driver
     assert link.unresolved == []
     assert [s.name for s in link.driver_symbols] == ["cuInit"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every shared object of a wheel: modules, torch operator libraries (no PyInit_*) and the libraries they load
+
+
+@pytest.fixture
+def fake_torch(tmp_path: Path) -> tuple[analysis.Runtime, Path]:
+    """An interpreter, and a torch whose _C loads libtorch_cpu.so and libc10.so (found by soname afterwards)."""
+    lib = tmp_path / "torch" / "lib"
+    c10 = cc(lib / "libc10.so", "int c10_thing(void) { return 1; }\n", "-Wl,-soname,libc10.so")
+    cpu = cc(lib / "libtorch_cpu.so", "int torch_register(void) { return 2; }\n", "-Wl,-soname,libtorch_cpu.so")
+    torch_c = cc(
+        tmp_path / "torch" / "_C.so",
+        "int torch_c(void) { return 0; }\n",
+        "-Wl,--no-as-needed,-rpath,$ORIGIN/lib",
+        str(c10),
+        str(cpu),
+    )
+    exe = cc(tmp_path / "bin" / "python.so", EXE)
+    return analysis.Runtime(exe, torch_c, None, System(default_dirs=())), lib
+
+
+def test_wheel_files_tell_modules_operator_libraries_and_libraries_apart(
+    tmp_path: Path, fake_torch: tuple[analysis.Runtime, Path]
+) -> None:
+    _, torch_lib = fake_torch
+    pkg = tmp_path / "site" / "pkg"
+    libs = tmp_path / "site" / "pkg.libs"
+    ops = cc(pkg / "_C.so", "int torch_register(void);\nint f(void) { return torch_register(); }\n",
+             str(torch_lib / "libtorch_cpu.so"))  # fmt: skip
+    core = cc(libs / "libcore-1a2b.so", "int c10_thing(void);\nint core(void) { return c10_thing(); }\n",
+              str(torch_lib / "libc10.so"), "-Wl,-soname,libcore-1a2b.so")  # fmt: skip
+    indirect = cc(pkg / "_ops.so", "int core(void);\nint g(void) { return core(); }\n", str(core),
+                  "-Wl,--enable-new-dtags,-rpath,$ORIGIN/../pkg.libs")  # fmt: skip
+    module = _module(pkg, "mod", "int core(void);\nint m(void) { return core(); }\n", str(core))
+    plain = cc(pkg / "libplain.so", "int plain(void) { return 0; }\n")
+    installed = {
+        "pkg/_C.so": ops,
+        "pkg.libs/libcore-1a2b.so": core,
+        "pkg/_ops.so": indirect,
+        f"pkg/{module.name}": module,
+        "pkg/libplain.so": plain,
+    }
+    files = {f.member: f for f in analysis.wheel_files(installed)}
+    assert {m: f.kind for m, f in files.items()} == {
+        "pkg/_C.so": "torch-library",  # links torch, no PyInit_*: torch.ops.load_library
+        "pkg/_ops.so": "torch-library",  # reaches torch through a library of the wheel
+        "pkg.libs/libcore-1a2b.so": "library",  # links torch, but only as the others' dependency
+        f"pkg/{module.name}": "module",
+        "pkg/libplain.so": "library",
+    }
+    assert files["pkg.libs/libcore-1a2b.so"].needed_by == ("pkg/_ops.so", f"pkg/{module.name}")
+    assert not files["pkg/libplain.so"].links_torch and files["pkg/libplain.so"].root
+    assert analysis.describe_kinds(files.values()) == (
+        "5 shared objects (1 extension module, 2 torch operator libraries, 2 libraries)"
+    )
+
+
+def test_link_checks_operator_libraries_and_libraries_in_their_loaders_scope(
+    tmp_path: Path, fake_torch: tuple[analysis.Runtime, Path]
+) -> None:
+    runtime, torch_lib = fake_torch
+    pkg = tmp_path / "site" / "pkg"
+    good = cc(pkg / "_C.so", "int torch_register(void);\nint f(void) { return torch_register(); }\n",
+              str(torch_lib / "libtorch_cpu.so"))  # fmt: skip
+    bad = cc(pkg / "_bad.so", "int torch_register_v2(void);\nint f(void) { return torch_register_v2(); }\n",
+             str(torch_lib / "libtorch_cpu.so"))  # fmt: skip
+    # A library that calls back into the module loading it: glibc resolves it in that module's scope.
+    helper = cc(pkg / "libhelper.so", "int from_module(void); int nowhere(void);\n"
+                "int h(void) { return from_module() + nowhere(); }\n", "-Wl,-soname,libhelper.so")  # fmt: skip
+    module = _module(pkg, "mod", "int h(void);\nint from_module(void) { return 1; }\nint m(void) { return h(); }\n",
+                     str(helper), "-Wl,--enable-new-dtags,-rpath,$ORIGIN")  # fmt: skip
+    installed = {"pkg/_C.so": good, "pkg/_bad.so": bad, "pkg/libhelper.so": helper, f"pkg/{module.name}": module}
+    linkages = {link.file.member: link for link in analysis.link(analysis.wheel_files(installed), runtime)}
+    assert set(linkages) == set(installed)  # every shared object, not only the module
+    assert linkages["pkg/_C.so"].unresolved == [] and linkages["pkg/_C.so"].checked >= 1
+    assert [s.name for s in linkages["pkg/_bad.so"].unresolved] == ["torch_register_v2"]
+    assert linkages["pkg/libhelper.so"].via == f"pkg/{module.name}"
+    assert [s.name for s in linkages["pkg/libhelper.so"].unresolved] == ["nowhere"]  # from_module resolved
+
+
+def test_load_plan_loads_each_kind_as_its_package_does(
+    tmp_path: Path, fake_torch: tuple[analysis.Runtime, Path]
+) -> None:
+    _, torch_lib = fake_torch
+    pkg = tmp_path / "site" / "pkg"
+    ops = cc(pkg / "_C.so", "int torch_register(void);\nint f(void) { return torch_register(); }\n",
+             str(torch_lib / "libtorch_cpu.so"))  # fmt: skip
+    module = _module(pkg, "mod", "int m(void) { return 0; }\n")
+    helper = cc(pkg / "libplain.so", "int plain(void) { return 0; }\n")
+    files = analysis.wheel_files({"pkg/_C.so": ops, f"pkg/{module.name}": module, "pkg/libplain.so": helper})
+    assert analysis.load_plan(files, ()) == [
+        analysis.Load("torch-library", "pkg/_C.so", str(ops)),
+        analysis.Load("module", "pkg.mod"),
+    ]
+    # A recipe naming the operator library as a module gets it loaded as what it is; its own modules come first.
+    assert analysis.load_plan(files, ("pkg.mod", "pkg._C", "other.ext")) == [
+        analysis.Load("module", "pkg.mod"),
+        analysis.Load("torch-library", "pkg/_C.so", str(ops)),
+        analysis.Load("module", "other.ext"),
+    ]
+    assert [item.statement for item in analysis.load_plan(files, ())] == [
+        "torch.ops.load_library('pkg/_C.so')",
+        "import pkg.mod",
+    ]

@@ -94,9 +94,17 @@ def test_entry_larger_than_its_container_is_an_error() -> None:
         ("89", {"80", "86"}, "86"),  # the highest compatible minor wins
         ("80", {"86"}, None),  # a higher minor never runs on a lower one
         ("90", {"80"}, None),  # another major never runs
-        ("90", {"90a"}, None),  # arch-specific code runs only where asked for...
-        ("90a", {"90"}, None),  # ...and a request for it needs exactly it
+        ("90", {"90a"}, "90a"),  # arch-specific code runs on exactly its own compute capability (xformers' wheel)
+        ("100", {"100a"}, "100a"),
+        ("103", {"100a"}, None),  # ...and on no other arch of its major
+        ("89", {"80", "86a"}, "80"),  # sm_86a serves 8.6 only: 8.9 runs the plain sm_80 code
+        ("91", {"90a"}, None),
+        ("100", {"90a"}, None),
+        ("90", {"80", "90a"}, "90a"),
+        ("90", {"90", "90a"}, "90"),  # both serve it: the portable one is named
+        ("90a", {"90"}, None),  # a request for arch-specific code needs exactly it
         ("90a", {"90a"}, "90a"),
+        ("100a", {"100", "90a"}, None),
         ("100", {"90"}, None),
         ("120", {"120"}, "120"),
     ],
@@ -141,6 +149,23 @@ def test_ptx_fallback_is_named_as_a_jit_not_as_no_kernel_image() -> None:
     [(text, _)] = checks.arch_problems("m.so", code, fatbin.parse_requested(["9.0"]))
     assert "JIT-compile PTX compute_80" in text
     assert "no kernel image" not in text
+
+
+def test_arch_specific_sass_serves_its_own_compute_capability() -> None:
+    """xformers 0.0.29.post1 carries sm_90a and no sm_90: an H100 runs its sm_90a code, no JIT, nothing missing."""
+    code = fatbin.DeviceCode(frozenset({"60", "70", "75", "80", "90a"}), frozenset({"60", "80"}))
+    assert checks.arch_problems("xformers/_C.so", code, fatbin.parse_requested(["8.0", "8.6", "8.9", "9.0"])) == []
+
+
+def test_arch_specific_sass_of_another_minor_is_named_as_such() -> None:
+    code = fatbin.DeviceCode(frozenset({"100a"}), frozenset())
+    [(text, arch)] = checks.arch_problems("m.so", code, fatbin.parse_requested(["10.0", "10.3"]))
+    assert arch == "10.3"
+    assert text == (
+        "m.so: no SASS for sm_103: it carries sm_100a (arch-specific code runs on exactly its own GPUs: sm_100a only "
+        'on compute capability 10.0); on sm_103 GPUs its kernels fail with "CUDA error: no kernel image is available '
+        'for execution on the device"'
+    )
 
 
 def test_plus_ptx_needs_ptx() -> None:

@@ -18,8 +18,8 @@ from packaging.version import InvalidVersion, Version
 
 from ..wheelfile import read_metadata, record_problems
 from . import fatbin
-from .analysis import Linkage, WheelFile
-from .demangle import demangle_all
+from .analysis import KINDS, MODULE, PLURALS, TORCH_LIBRARY, Linkage, Load, WheelFile, describe_kinds
+from .demangle import demangle, demangle_all
 from .elf import Symbol
 from .model import CheckResult, Expectation
 from .policy import Ceilings, Policy, exceeding, fmt, highest_needs, platform_tag, private_needs, tag_glibc
@@ -223,7 +223,7 @@ def check_symbols(linkages: Sequence[Linkage], torch: TorchFacts) -> CheckResult
         return CheckResult(
             name="symbols",
             passed=False,
-            summary="the wheel holds no extension module (no shared object defines PyInit_<name>)",
+            summary="the wheel holds no extension module, torch operator library or other shared object",
             cause="built without its extension (no compiler or no CUDA at build time)",
             fix="rebuild it with `nox -s wheels`",
         )
@@ -232,10 +232,10 @@ def check_symbols(linkages: Sequence[Linkage], torch: TorchFacts) -> CheckResult
     details: dict[str, Any] = {}
     names = demangle_all(s.name for link in linkages for s in link.unresolved + link.driver_symbols)
     for link in linkages:
-        member = link.file.member
+        member = link.file.member if link.via is None else f"{link.file.member} (loaded by {link.via})"
         missing_libs = [m.needed for m in link.missing if not m.driver]
         for m in link.missing:
-            if m.driver:
+            if m.driver or link.via is not None:  # a tree's missing libraries are told once, by the file loading it
                 continue
             problems.append(
                 f"{member}: needs {m.needed} (DT_NEEDED of {m.by.name}), which is found nowhere: not loaded by torch, "
@@ -257,15 +257,16 @@ def check_symbols(linkages: Sequence[Linkage], torch: TorchFacts) -> CheckResult
             mangled = f" [{sym.name}{'@' + sym.version if sym.version else ''}]" if shown != sym.name else ""
             problems.append(f"{member}: undefined symbol {shown}{mangled}: {cause}")
             unresolved.append({"symbol": sym.name, "demangled": shown, "version": sym.version, "cause": key})
-        details[member] = {
+        details[link.file.member] = {
+            "kind": link.file.kind,
             "module": link.file.module,
+            "loaded_by": link.via,
             "undefined_checked": link.checked,
             "loads": [str(p) for p in link.loads],
             "missing_libraries": [m.needed for m in link.missing],
             "unresolved": unresolved,
             "expected_from_driver": [s.name for s in link.driver_symbols],
         }
-    modules = len(linkages)
     checked = sum(link.checked for link in linkages)
     if not problems:
         note = ""
@@ -275,8 +276,8 @@ def check_symbols(linkages: Sequence[Linkage], torch: TorchFacts) -> CheckResult
         return CheckResult(
             name="symbols",
             passed=True,
-            summary=f"{checked} undefined symbols of {modules} extension module(s) resolve against torch "
-            f"{torch.version}, its CUDA runtime and the system{note}",
+            summary=f"{checked} undefined symbols of {describe_kinds(link.file for link in linkages)} resolve "
+            f"against torch {torch.version}, its CUDA runtime and the system{note}",
             details=details,
         )
     top = causes.most_common(1)[0][0]
@@ -298,19 +299,29 @@ def check_symbols(linkages: Sequence[Linkage], torch: TorchFacts) -> CheckResult
 
 
 def check_cxx11_abi(files: Sequence[WheelFile], torch: TorchFacts) -> CheckResult:
+    """Every module and every file that links torch must use torch's std::string ABI. A library that does not link
+    torch passes no std type to it: its ABI is recorded, not judged (the symbols check catches a mismatch between it
+    and the wheel's files that call it)."""
     problems: list[str] = []
     details: dict[str, Any] = {}
     seen: set[str] = set()
     for file in files:
-        if file.module is None:
-            continue
         syms = [s.name for s in file.facts.undefined + file.facts.defined if s.name.startswith("_Z")]
         names = demangle_all(syms)
         new = [names[s] for s in syms if symbol_abi(names[s]) == "cxx11"]
         old = [names[s] for s in syms if symbol_abi(names[s]) == "pre-cxx11"]
         abi = "mixed" if new and old else "cxx11" if new else "pre-cxx11" if old else "neutral"
+        judged = file.module is not None or file.links_torch
+        details[file.member] = {
+            "kind": file.kind,
+            "abi": abi,
+            "cxx11_symbols": len(new),
+            "pre_cxx11_symbols": len(old),
+            "compared_with_torch": judged,
+        }
+        if not judged:
+            continue
         seen.add(abi)
-        details[file.member] = {"abi": abi, "cxx11_symbols": len(new), "pre_cxx11_symbols": len(old)}
         if abi == "mixed":
             problems.append(
                 f"{file.member} mixes both ABIs: {len(new)} symbols use std::__cxx11 types (e.g. {new[0]}), "
@@ -372,20 +383,27 @@ def arch_problems(member: str, code: fatbin.DeviceCode, requested: Sequence[fatb
         if fatbin.sass_for(arch, code.sass) is None:
             plain = arch.rstrip("a")
             jit = fatbin.ptx_for(arch, code.ptx)
+            carries = f"it carries {code.describe()}"
+            # Arch-specific cubins of the same major run on their own compute capability only: say so, or a reader
+            # of "no SASS for sm_91" next to "sm_90a" would take it for a bug of the gate.
+            other = [a for a in fatbin.sort_archs(code.sass) if a.endswith("a") and fatbin.arch_key(a)[0] == want.major]
+            if other and arch == plain:
+                runs_on = ", ".join(f"sm_{a} only on compute capability {fatbin.dotted(a[:-1])}" for a in other)
+                carries += f" (arch-specific code runs on exactly its own GPUs: {runs_on})"
             if arch != plain and fatbin.sass_for(plain, code.sass):
                 text = (
-                    f"{member}: no SASS for sm_{arch}: it carries {code.describe()}, but the target asks for "
-                    f"sm_{arch}'s arch-specific code, which plain sm_{plain} code cannot use"
+                    f"{member}: no SASS for sm_{arch}: {carries}, but the target asks for sm_{arch}'s arch-specific "
+                    f"code, which plain sm_{plain} code cannot use"
                 )
             elif jit:
                 text = (
-                    f"{member}: no SASS for sm_{arch}: it carries {code.describe()}, so on {on} the driver must "
-                    f"JIT-compile PTX compute_{jit} at first use (minutes for large kernels)"
+                    f"{member}: no SASS for sm_{arch}: {carries}, so on {on} the driver must JIT-compile PTX "
+                    f"compute_{jit} at first use (minutes for large kernels)"
                 )
             else:
                 text = (
-                    f"{member}: no SASS for sm_{arch}: it carries {code.describe()}; on {on} its kernels fail "
-                    'with "CUDA error: no kernel image is available for execution on the device"'
+                    f"{member}: no SASS for sm_{arch}: {carries}; on {on} its kernels fail with "
+                    '"CUDA error: no kernel image is available for execution on the device"'
                 )
             out.append((text, fatbin.dotted(arch)))
         if want.ptx and fatbin.ptx_for(arch, code.ptx) is None:
@@ -445,6 +463,9 @@ def check_cuda(files: Sequence[WheelFile], torch: TorchFacts, cuda_archs: Sequen
         entry.update(sass=fatbin.sort_archs(code.sass), ptx=fatbin.sort_archs(code.ptx), ptx_isa=sorted(code.ptx_isa))
         if code.empty:
             continue
+        entry["runs"] = {
+            fatbin.dotted(r.arch): f"sm_{runs}" for r in requested if (runs := fatbin.sass_for(r.arch, code.sass))
+        }
         sass |= code.sass
         ptx |= code.ptx
         for text, arch in arch_problems(file.member, code, requested):
@@ -485,6 +506,14 @@ def check_cuda(files: Sequence[WheelFile], torch: TorchFacts, cuda_archs: Sequen
     code_all = fatbin.DeviceCode(frozenset(sass), frozenset(ptx))
     linked = ", ".join(sorted(runtimes)) or "no CUDA runtime"
     covers = f"covers {wanted}" if wanted else "(no archs requested)"
+    # Which requested archs only arch-specific code serves (9.0 by sm_90a): right, and worth saying so.
+    specific = [
+        f"{fatbin.dotted(r.arch)} by sm_{runs}"
+        for r in requested
+        if not r.arch.endswith("a") and (runs := fatbin.sass_for(r.arch, sass)) and runs.endswith("a")
+    ]
+    if specific:
+        covers += f" ({', '.join(specific)}: arch-specific code runs on exactly its compute capability)"
     return CheckResult(
         name="cuda",
         passed=True,
@@ -556,3 +585,73 @@ def check_portability(
         ),
         tag,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 6. Import: what the probe saw when it loaded each module and operator library after `import torch`
+
+
+def check_loaded(plan: Sequence[Load], results: Sequence[dict[str, Any]] | None, died: str) -> CheckResult:
+    """The import verdict from the probe's results (one per item of ``plan``), or from why its process died."""
+    if not plan:
+        return CheckResult(
+            name="import",
+            passed=False,
+            summary="the wheel holds no extension module or torch operator library to load",
+            cause="built without its extension (no compiler or no CUDA at build time)",
+            fix="rebuild it with `nox -s wheels`",
+        )
+    if results is None:
+        return CheckResult(
+            name="import",
+            passed=False,
+            summary="the loading process died",
+            problems=[f"import torch; {'; '.join(item.statement for item in plan)}: {died}"],
+            cause="a crash while loading the extension (static initialisers, a mismatched torch)",
+        )
+    problems = []
+    details: dict[str, Any] = {}
+    for item, result in zip(plan, results, strict=True):
+        details[item.name] = {"kind": item.kind, **result}
+        err = result["error"]
+        if not err:
+            continue
+        symbol = re.search(r"undefined symbol: (\S+)", err)
+        shown = f" ({demangle(symbol.group(1))})" if symbol and symbol.group(1).startswith("_Z") else ""
+        problems.append(f"{item.statement} failed: {err}{shown}")
+    if problems:
+        return CheckResult(
+            name="import",
+            passed=False,
+            summary="import failed",
+            problems=problems,
+            details=details,
+            cause="see the symbols and cxx11_abi checks for what the loader could not find",
+        )
+    return CheckResult(name="import", passed=True, summary=_loaded_summary(plan, results), details=details)
+
+
+def _loaded_summary(plan: Sequence[Load], results: Sequence[dict[str, Any]]) -> str:
+    """ "import torch, then extension module canary._C; torch operator library xformers/_C.so (torch.ops.load_library:
+    25 operators in xformers::)": what was loaded, and as what."""
+    modules = [item.name for item in plan if item.kind == MODULE]
+    libraries = []
+    for item, result in zip(plan, results, strict=True):
+        if item.kind != TORCH_LIBRARY:
+            continue
+        ops = result.get("operators")
+        if ops is None:
+            registered = ""
+        elif ops:
+            spaces = ", ".join(f"{ns}::" for ns in dict.fromkeys(op.split("::", 1)[0] for op in ops))
+            registered = f": {len(ops)} operator{'s' if len(ops) != 1 else ''} in {spaces}"
+        else:
+            registered = ": no new operator names (kernels for existing ones only)"
+        libraries.append(f"{item.name} (torch.ops.load_library{registered})")
+    parts = []
+    if modules:
+        parts.append(f"{KINDS[MODULE] if len(modules) == 1 else PLURALS[MODULE]} {', '.join(modules)}")
+    if libraries:
+        kind = KINDS[TORCH_LIBRARY] if len(libraries) == 1 else PLURALS[TORCH_LIBRARY]
+        parts.append(f"{kind} {', '.join(libraries)}")
+    return f"import torch, then {'; '.join(parts)}"

@@ -28,6 +28,7 @@ from .. import log
 from ..errors import ConfigError, GateError, unknown
 from ..label import parse_label
 from ..manifest import REPORTS, Record, Wheelhouse
+from .. import options
 from ..options import DEFAULT_MATRIX, Target, TorchBuild, check_env, load_matrix, load_torch_builds, parse_archs
 from ..recipes import RECIPES
 from ..util import atomic_write_json, sha256_file
@@ -63,10 +64,6 @@ class AbiOptions:
     as_json: bool
 
 
-class _ArgumentError(Exception):
-    pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nox -s abi --", description="Check wheels in a fresh environment holding only their runtime."
@@ -92,20 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = build_parser()
-
-    def error(message: str) -> None:
-        raise _ArgumentError(message)
-
-    parser.error = error  # type: ignore[method-assign]
-    try:
-        return parser.parse_args(list(argv))
-    except _ArgumentError as e:
-        option = re.search(r"unrecognized arguments: (\S+)", str(e))
-        if option:
-            flags = [a for action in parser._actions for a in action.option_strings]
-            raise unknown("option", option.group(1), flags, "the command line") from None
-        raise ConfigError(f"Bad arguments: {e}", fix="see `nox -s abi -- --help`") from None
+    return options.parse_args(argv, build_parser())
 
 
 def resolve(argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> AbiOptions:

@@ -10,8 +10,10 @@ reads it (little-endian; the tests cross-check this module against ``cuobjdump -
                       u32 name offset, u32 name size, u64 flags, ...
     flags: 0x1 64-bit code, 0x10 Linux host, 0x2000 compressed payload, 0x100000 arch-specific ("sm_90a").
 
-A cubin's code runs on GPUs of the same major arch with an equal or higher minor (sm_80 code on an sm_86 GPU); PTX is
-JIT-compiled by the driver for its own GPU and any later one. Everything else is "no kernel image is available".
+A cubin's code runs on GPUs of the same major arch with an equal or higher minor (sm_80 code on an sm_86 GPU); an
+arch-specific cubin (sm_90a) runs on GPUs of exactly its compute capability (9.0) and no other, not even a later minor
+of its major. PTX is JIT-compiled by the driver for its own GPU and any later one. Everything else is "no kernel image
+is available".
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ FATBIN_MAGIC = 0xBA55ED50
 KIND_PTX = 1
 KIND_ELF = 2
 FLAG_COMPRESSED = 0x2000
-FLAG_ARCH_SPECIFIC = 0x100000  # "a" archs: sm_90a code runs only on sm_90
+FLAG_ARCH_SPECIFIC = 0x100000  # "a" archs: sm_90a code runs only on compute capability 9.0 GPUs
 
 _HEADER = struct.Struct("<IHHQ")
 _ENTRY = struct.Struct("<HHIQIIHHIIIQ")  # through the flags field: 48 bytes
@@ -189,22 +191,24 @@ def sort_archs(archs: Iterable[str]) -> list[str]:
 
 
 def sass_for(requested: str, sass: Iterable[str]) -> str | None:
-    """The cubin a GPU of arch ``requested`` would run: same major, highest minor not above its own.
+    """The cubin a GPU of arch ``requested`` would run, or None.
 
-    Arch-specific cubins ("90a") run only on exactly that arch; a request for "90a" needs exactly "90a".
+    Plain cubins run on their major's GPUs from their own minor up: the highest minor not above the GPU's wins (sm_80
+    code serves 8.6). An arch-specific cubin ("90a") runs on GPUs of exactly its compute capability: it serves a
+    request for "90" (a 9.0 GPU runs sm_90a code) but not "91" or "80". A request for arch-specific code ("90a": the
+    target's kernels use wgmma or setmaxnreg) needs exactly that cubin: plain sm_90 code does not carry them.
     """
     major, minor, special = _split(requested)
-    best: tuple[int, str] | None = None
+    if special:
+        return requested if requested in sass else None
+    best: tuple[tuple[int, bool], str] | None = None
     for arch in sass:
         a_major, a_minor, a_special = _split(arch)
-        if special:
-            if arch == requested:
-                return arch
+        if a_major != major or a_minor > minor or (a_special and a_minor != minor):
             continue
-        if a_special or a_major != major or a_minor > minor:
-            continue
-        if best is None or a_minor > best[0]:
-            best = (a_minor, arch)
+        rank = (a_minor, not a_special)  # the highest minor; of sm_90 and sm_90a, name the portable one
+        if best is None or rank > best[0]:
+            best = (rank, arch)
     return best[1] if best else None
 
 

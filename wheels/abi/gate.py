@@ -8,9 +8,9 @@ environment's own Python, reports where things are; everything else is read from
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
-import re
 import subprocess
 import tempfile
 import time
@@ -23,16 +23,16 @@ from packaging.utils import parse_wheel_filename
 from .. import log
 from ..envs import PythonEnv, fresh_env, install_torch
 from ..errors import EnvError
-from .analysis import Runtime, link, wheel_files
+from .analysis import Load, Runtime, link, load_plan, wheel_files
 from .checks import (
     TorchFacts,
     check_cuda,
     check_cxx11_abi,
     check_integrity,
+    check_loaded,
     check_portability,
     check_symbols,
 )
-from .demangle import demangle
 from .loader import DEFAULT_DIRS, System, parse_ldconfig
 from .model import CheckResult, Expectation, GateReport
 from .policy import Ceilings, Policy, load_policy, resolve_base
@@ -40,9 +40,10 @@ from .policy import Ceilings, Policy, load_policy, resolve_base
 __all__ = ["CheckResult", "Expectation", "GateReport", "check_import", "check_integrity", "check_wheel"]
 
 # Run by the gate environment's Python, as one process: it reports where the interpreter, torch, the wheel's files and
-# the system's libraries are (written to a file, then "ready" on stdout), waits for the list of extension modules on
-# stdin, and imports them after `import torch`. One torch import serves both; a crash while importing an extension
-# comes after the facts are safe, and is a verdict, not an error.
+# the system's libraries are (written to a file, then "ready" on stdout), waits for what to load on stdin (extension
+# modules and torch operator libraries), and loads them after `import torch`: modules by import, operator libraries
+# with torch.ops.load_library, as their packages do. One torch import serves both; a crash while loading comes after
+# the facts are safe, and is a verdict, not an error.
 _PROBE = r"""
 import importlib, importlib.metadata as md, json, os, platform, shutil, subprocess, sys
 dist, facts_path, imports_path = sys.argv[1:4]
@@ -91,20 +92,30 @@ def load(mod):
             loader.exec_module(importlib.util.module_from_spec(spec))
             return
     importlib.import_module(mod)
-results = {}
-for mod in json.loads(request):
+def load_library(path):
+    # The operator names it registers (TORCH_LIBRARY): evidence that it did what it is for.
+    names = getattr(torch._C, "_dispatch_get_all_op_names", None)
+    before = set(names()) if names else set()
+    torch.ops.load_library(path)
+    return sorted(set(names()) - before) if names else None
+results = []
+for item in json.loads(request):
+    result = {"error": None, "operators": None}
     try:
-        load(mod)
-        results[mod] = None
+        if item["kind"] == "torch-library":
+            result["operators"] = load_library(item["path"])
+        else:
+            load(item["name"])
     except Exception as e:
-        results[mod] = "%s: %s" % (type(e).__name__, e)
+        result["error"] = "%s: %s" % (type(e).__name__, e)
+    results.append(result)
 with open(imports_path, "w") as f:
     json.dump(results, f)
 """
 
 
 class Probe:
-    """The probe process of one gate environment: ``facts()`` first, then ``import_modules()`` once."""
+    """The probe process of one gate environment: ``facts()`` first, then ``load()`` once."""
 
     def __init__(self, env: PythonEnv, distribution: str, tmp: Path) -> None:
         self.env = env
@@ -143,19 +154,19 @@ class Probe:
             )
         return facts
 
-    def import_modules(self, modules: Sequence[str]) -> tuple[dict[str, str | None] | None, str]:
-        """{module: None or the error}, or (None, why) when the process died while importing."""
+    def load(self, plan: Sequence[Load]) -> tuple[list[dict[str, Any]] | None, str]:
+        """Per item of ``plan``: {"error": None or why, "operators": registered names}; or (None, why) on a crash."""
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(list(modules)) + "\n")
+        self.proc.stdin.write(json.dumps([dataclasses.asdict(item) for item in plan]) + "\n")
         self.proc.stdin.close()
         try:
             rc = self.proc.wait(timeout=600)
         except subprocess.TimeoutExpired:
             self.close()
-            return None, "importing took longer than 10 minutes"
+            return None, "loading took longer than 10 minutes"
         if rc != 0 or not self.imports_path.exists():
             signal = f"signal {-rc}" if rc < 0 else f"exit {rc}"
-            return None, f"the importing process died ({signal}): {self._tail()}"
+            return None, f"the loading process died ({signal}): {self._tail()}"
         return json.loads(self.imports_path.read_text()), ""
 
     def close(self) -> None:
@@ -168,40 +179,14 @@ class Probe:
         self._stderr.close()
 
 
-def check_import(probe: Probe, modules: Sequence[str]) -> CheckResult:
-    """`import torch`, then each extension module (in the probe's process: a crash is a verdict, not an error)."""
-    if not modules:
-        probe.import_modules([])
-        return CheckResult(
-            name="import",
-            passed=False,
-            summary="the wheel holds no extension module to import",
-            cause="built without its extension (no compiler or no CUDA at build time)",
-            fix="rebuild it with `nox -s wheels`",
-        )
-    errors, died = probe.import_modules(modules)
-    if errors is None:
-        return CheckResult(
-            name="import",
-            passed=False,
-            summary="the import process died",
-            problems=[f"import torch; import {', '.join(modules)}: {died}"],
-            cause="a crash while loading the extension (static initialisers, a mismatched torch)",
-        )
-    problems = []
-    for mod, err in errors.items():
-        if not err:
-            continue
-        symbol = re.search(r"undefined symbol: (\S+)", err)
-        shown = f" ({demangle(symbol.group(1))})" if symbol and symbol.group(1).startswith("_Z") else ""
-        problems.append(f"import {mod} failed: {err}{shown}")
-    return CheckResult(
-        name="import",
-        passed=not problems,
-        summary=f"import torch, then {', '.join(modules)}" if not problems else "import failed",
-        problems=problems,
-        cause="see the symbols and cxx11_abi checks for what the loader could not find" if problems else None,
-    )
+def check_import(probe: Probe, plan: Sequence[Load]) -> CheckResult:
+    """`import torch`, then each extension module (imported) and torch operator library (torch.ops.load_library), in
+    the probe's process: a crash is a verdict, not an error."""
+    if not plan:
+        probe.load([])
+        return check_loaded(plan, [], "")
+    results, died = probe.load(plan)
+    return check_loaded(plan, results, died)
 
 
 def _install_wheel(env: PythonEnv, wheel: Path) -> CheckResult:
@@ -258,7 +243,7 @@ def _checks(
         )
         checks[1] = installed
     if not installed.passed:
-        probe.import_modules([])
+        probe.load([])
         return checks, None, torch_record
     files = wheel_files({member: Path(path) for member, path in facts.get("files", {}).items()})
     linkages = link(files, _runtime(facts))
@@ -270,9 +255,7 @@ def _checks(
         portability,
     ]
     clock.lap("analysis")
-    # The recipe's modules first (they prove the package loads), then any other module the wheel holds.
-    modules = tuple(dict.fromkeys([*expect.extension_modules, *(f.module for f in files if f.module)]))
-    checks.append(check_import(probe, modules))
+    checks.append(check_import(probe, load_plan(files, expect.extension_modules)))
     clock.lap("import")
     return checks, platform_tag, torch_record
 

@@ -17,7 +17,8 @@ class Expectation:
     torch: TorchBuild
     python: str  # "3.11" or "system"
     cuda_archs: tuple[str, ...]  # TORCH_CUDA_ARCH_LIST form: ("8.0", "9.0+PTX")
-    extension_modules: tuple[str, ...]  # modules to import; () = the wheel's own (every PyInit_* module it holds)
+    # Modules to import first; the wheel's own modules (PyInit_*) and torch operator libraries are loaded after them.
+    extension_modules: tuple[str, ...]
     flavour: str | None = None
     default_flavour: str | None = None
     base: str | None = None  # image base of the portability check (policy.toml); None = its default

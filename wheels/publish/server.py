@@ -194,6 +194,7 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
+        log.warn(f"the embedded index (pid {proc.pid}) did not stop within {timeout:.0f}s of SIGTERM; killing it")
         proc.kill()
         proc.wait()
 

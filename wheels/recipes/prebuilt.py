@@ -9,5 +9,6 @@ from __future__ import annotations
 
 from .base import Recipe
 
-# extension_modules=(): the gate imports every extension module the wheel holds (each file defining PyInit_*).
+# extension_modules=(): the gate loads what the wheel holds: each extension module (a file defining PyInit_*) by import,
+# each torch operator library (xformers/_C.so: TORCH_LIBRARY, no PyInit_*) with torch.ops.load_library.
 PREBUILT = Recipe(name="prebuilt", extension_modules=(), mem_per_job_gib=0.0, prebuilt=True)
