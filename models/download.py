@@ -32,8 +32,9 @@ from .progress import FileProgress, Progress
 
 STATE_DIR = ".models"
 HEADROOM_MIN = 16 << 20  # filesystem metadata, the records, a little slack
-# After Ctrl-C, transfers stop at their next write. One blocked in a read from a slow or stalled server (the hub
-# client reads 10 MiB between writes) gets this long; then it is abandoned and ``python -m models`` exits anyway.
+# After Ctrl-C, transfers stop at their next write. One blocked in a read from a slow or stalled server (a write
+# comes after each hub.CHUNK_SIZE read, or a read timeout) gets this long; then it is abandoned and
+# ``python -m models`` exits anyway.
 CANCEL_GRACE_S = 2.0
 
 
@@ -107,9 +108,9 @@ class Cancelled(BaseException):
 
 
 class HashingWriter:
-    """A file wrapper that hashes and counts every byte written, for huggingface_hub's ``http_get``.
+    """A file wrapper that hashes and counts every byte written, for ``hub.fetch``.
 
-    If the server ignores a Range request, ``http_get`` seeks back and truncates: then the digests restart from
+    If the server ignores a Range request, ``hub.fetch`` seeks back and truncates: then the digests restart from
     the bytes still in the file, so the hash always describes exactly the file's content.
     """
 
@@ -210,6 +211,8 @@ class Downloader:
         files = opts.manifest.select(opts.variants)
         expanded = opts.manifest.expand(opts.variants or opts.manifest.default_variants)
         log.info(f"variants {', '.join(expanded)}: {len(files)} files into {self.dest}")
+        if opts.transport == "xet":
+            hub.require_xet()
         self.dest.mkdir(parents=True, exist_ok=True)
 
         outcomes: list[Outcome] = []
@@ -406,7 +409,9 @@ class Downloader:
         log.info(f"{entry.name}: fetching {log.fmt_bytes(size) if size is not None else 'unknown size'} from "
                  f"{entry.origin}" + (f", resuming at {log.fmt_bytes(before)}" if before else ""))
 
-        use_xet = self.options.transport == "xet" and remote.xet is not None and hub.xet_available()
+        use_xet = self.options.transport == "xet" and remote.xet is not None
+        if self.options.transport == "xet" and not use_xet:
+            log.info(f"{entry.name}: {entry.origin} is not stored on Xet; fetching it over HTTP")
         current = remote
 
         def attempt() -> fsutil.Digests:
@@ -479,7 +484,11 @@ class Downloader:
 
     def _transfer_xet(self, entry: ModelFile, remote: Remote, partial: Path, exp: Expectation) -> fsutil.Digests:
         partial.unlink(missing_ok=True)  # hf_xet writes the whole file itself; it resumes from its chunk cache
-        hub.fetch_xet(remote, partial, entry.filename)
+        try:
+            hub.fetch_xet(remote, partial, entry.filename)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # not a prefix of the file: never to be resumed over HTTP
+            raise
         log.info(f"{entry.name}: hashing the file hf_xet assembled")
         bar = self._bar(entry, remote.size, 0)
         try:

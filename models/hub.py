@@ -2,6 +2,8 @@
 
 The downloader above this module never sees an HTTP library: it gets a ``Remote`` (where the bytes are, how big, what
 hash the hub vouches for) and a ``Failure`` classification of whatever went wrong (retry or not, and the message).
+huggingface_hub provides the URLs, headers (user agent, token), session, error types and the Xet client; which HTTP
+library sits under it is ``hfcompat``'s business.
 """
 
 from __future__ import annotations
@@ -10,26 +12,24 @@ import dataclasses
 import errno
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, BinaryIO
-from urllib.parse import urlparse
+from urllib.parse import urljoin, urlparse
 
-try:  # huggingface_hub 2.x speaks httpx2; 1.x used httpx (constraints.txt pins 2.4.0)
-    import httpx2
-except ImportError:  # pragma: no cover - only with an older huggingface_hub than the pinned one
-    import httpx as httpx2  # type: ignore[no-redef]
+from huggingface_hub import constants, hf_hub_url
 from huggingface_hub import errors as hf_errors
-from huggingface_hub import get_hf_file_metadata, hf_hub_url
-from huggingface_hub.file_download import http_get
-from huggingface_hub.utils import build_hf_headers, hf_raise_for_status, http_backoff
-from tqdm import tqdm
+from huggingface_hub.utils import build_hf_headers, parse_xet_file_data_from_response
 
-from . import __version__
-from .errors import AccessError, DiskSpaceError, ModelsError, NetworkError, NotFoundError
+from . import __version__, hfcompat, log
+from .errors import AccessError, ConfigError, DiskSpaceError, ModelsError, NetworkError, NotFoundError
 from .manifest import ModelFile
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 METADATA_TIMEOUT_S = 30.0
+# Bytes per read and write: a connection that drops loses at most this much, and the bars move smoothly.
+CHUNK_SIZE = 1 << 20
+MAX_REDIRECTS = 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Remote:
     etag: str | None
     headers: Mapping[str, str] = dataclasses.field(repr=False)  # for the GET; no token when off the hub
     xet: Any = None  # huggingface_hub's XetFileData, when the hub offers Xet storage
+    # The hub's own headers, token included: for Xet, whose token refresh asks the hub (not the CDN) for access.
+    hub_headers: Mapping[str, str] = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def lfs_sha256(self) -> str | None:
@@ -54,12 +56,18 @@ class Remote:
         return self.etag if self.etag and _SHA1.fullmatch(self.etag) else None
 
 
-class _QuietBar(tqdm):  # type: ignore[type-arg]
-    """huggingface_hub draws its own bar per request; ours (per file and total) replace it."""
+class ShortBody(ConnectionError):
+    """The server closed the connection cleanly before sending every byte it announced."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["disable"] = True
-        super().__init__(*args, **kwargs)
+
+class XetFailed(Exception):
+    """hf_xet, after its own retries, could not assemble the file (its errors are RuntimeErrors with a message)."""
+
+
+# A connection cut mid-body: resumed from where the file stands.
+_DROPPED: tuple[type[Exception], ...] = (*hfcompat.TRANSPORT_ERRORS, ShortBody)
+# What the hub's Xet token route can answer inside hf_xet's download: classified like any other request.
+_HUB_ANSWERS: tuple[type[Exception], ...] = (hf_errors.HfHubHTTPError, *hfcompat.TRANSPORT_ERRORS)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:
@@ -68,69 +76,132 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 
 def _headers(token: str | None) -> dict[str, str]:
-    return build_hf_headers(token=token or False, library_name="steadydancer-models", library_version=__version__)
+    headers = build_hf_headers(token=token or False, library_name="steadydancer-models", library_version=__version__)
+    headers["Accept-Encoding"] = "identity"  # the real size in HEAD answers, and the file's own bytes to hash
+    return headers
+
+
+def _without_token(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if k.lower() != "authorization"}
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value and value.isdigit() else None
+
+
+def _etag(value: str | None) -> str | None:
+    return value.removeprefix("W/").strip('"') if value else None
+
+
+def _head_on_hub(url: str, headers: dict[str, str], timeout: float) -> Any:
+    """HEAD a resolve URL the way huggingface_hub does: a redirect on the hub itself (a renamed repository) is
+    followed, one to another origin (the CDN serving LFS bytes) is not: its Location is where the bytes are."""
+    for _ in range(MAX_REDIRECTS):
+        response = hfcompat.request("HEAD", url, headers=headers, timeout=timeout, follow_redirects=False)
+        location = response.headers.get("Location")
+        if not (300 <= response.status_code < 400 and location and not urlparse(location).netloc):
+            return response
+        url = urljoin(url, location)
+    raise NetworkError(f"The hub redirected {url} more than {MAX_REDIRECTS} times", fix="check HF_ENDPOINT")
 
 
 def resolve(entry: ModelFile, endpoint: str, token: str | None, timeout: float = METADATA_TIMEOUT_S) -> Remote:
-    """HEAD the file: its size, commit, hub hash and download location. Raises huggingface_hub/httpx2 errors."""
+    """HEAD the file: its size, commit, hub hash and download location. Raises huggingface_hub/HTTP errors."""
     if entry.on_hub:
         assert entry.repo is not None and entry.path is not None
         url = hf_hub_url(entry.repo, entry.path, revision=entry.revision, endpoint=endpoint)
-        meta = get_hf_file_metadata(
-            url, token=token or False, endpoint=endpoint, timeout=timeout, retry_on_errors=False,
-            library_name="steadydancer-models", library_version=__version__,
-        )
         headers = _headers(token)
-        if _origin(meta.location) != _origin(url):
-            # A signed CDN URL: the token must not leave the hub (huggingface_hub does the same).
-            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        response = _head_on_hub(url, headers, timeout)
+        hfcompat.raise_for_status(response)
+        answer = response.headers
+        redirected = 300 <= response.status_code < 400
+        location = urljoin(str(response.url), answer["Location"]) if redirected and answer.get("Location") \
+            else str(response.url)
         return Remote(
-            url=meta.location, size=meta.size, commit=meta.commit_hash, etag=meta.etag, headers=headers,
-            xet=meta.xet_file_data,
+            url=location,
+            # The linked (LFS) size and hash describe the file; a redirect's own Content-Length does not.
+            size=_int(answer.get(constants.HUGGINGFACE_HEADER_X_LINKED_SIZE)
+                      or (None if redirected else answer.get("Content-Length"))),
+            commit=answer.get(constants.HUGGINGFACE_HEADER_X_REPO_COMMIT),
+            etag=_etag(answer.get(constants.HUGGINGFACE_HEADER_X_LINKED_ETAG) or answer.get("ETag")),
+            # A signed CDN URL: the token must not leave the hub (huggingface_hub does the same).
+            headers=headers if _origin(location) == _origin(url) else _without_token(headers),
+            xet=parse_xet_file_data_from_response(response, endpoint=endpoint),
+            hub_headers=headers,
         )
     assert entry.url is not None
-    headers = {k: v for k, v in _headers(None).items() if k.lower() != "authorization"}
-    headers["Accept-Encoding"] = "identity"
-    response = http_backoff(
-        "HEAD", entry.url, headers=headers, follow_redirects=True, timeout=timeout,
-        retry_on_exceptions=(), retry_on_status_codes=(),
-    )
-    hf_raise_for_status(response)
-    length = response.headers.get("Content-Length")
+    headers = _without_token(_headers(None))
+    response = hfcompat.request("HEAD", entry.url, headers=headers, timeout=timeout, follow_redirects=True)
+    hfcompat.raise_for_status(response)
     return Remote(
-        url=str(response.url), size=int(length) if length and length.isdigit() else None, commit=None,
-        etag=None, headers=headers,
+        url=str(response.url), size=_int(response.headers.get("Content-Length")), commit=None, etag=None,
+        headers=headers,
     )
 
 
 def fetch(remote: Remote, out: BinaryIO, resume_size: int, name: str) -> None:
     """Stream the bytes after ``resume_size`` into ``out`` (a Range request when resuming).
 
-    huggingface_hub's ``http_get`` itself resumes a few times when a connection drops mid-body; what it gives up on
-    surfaces here and is classified by ``classify``.
+    A connection that drops after delivering new bytes is resumed at once from where it stopped (the caller's
+    running hash just continues), as huggingface_hub's own ``http_get`` does. One that fails before delivering
+    anything raises: the caller's retries, with backoff, take over, and ``classify`` says what went wrong.
     """
-    http_get(
-        remote.url, out, resume_size=resume_size, headers=dict(remote.headers), expected_size=remote.size,
-        displayed_filename=name, tqdm_class=_QuietBar,
-    )
+    offset = resume_size
+    while True:
+        try:
+            _get(remote, out, offset)
+            return
+        except _DROPPED as exc:
+            if out.tell() <= offset:
+                raise
+            offset = out.tell()
+            log.warn(f"{name}: the connection dropped at {log.fmt_bytes(offset)} ({exc}); resuming from there")
 
 
-def fetch_xet(remote: Remote, incomplete: Any, name: str) -> None:
+def _get(remote: Remote, out: BinaryIO, offset: int) -> None:
+    headers = dict(remote.headers)
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    with hfcompat.stream_get(remote.url, headers=headers, timeout=constants.HF_HUB_DOWNLOAD_TIMEOUT) as response:
+        if response.status_code == 416 and offset and remote.size is None \
+                and response.headers.get("Content-Range") == f"bytes */{offset}":
+            return  # of unknown size, and already complete
+        hfcompat.raise_for_status(response)
+        if offset and response.status_code != 206:
+            # The server ignored the Range and sends the whole file: start the file over (the writer re-hashes).
+            out.seek(0)
+            out.truncate(0)
+        for chunk in hfcompat.iter_chunks(response, CHUNK_SIZE):
+            out.write(chunk)
+    if remote.size is not None and out.tell() < remote.size:
+        raise ShortBody(f"the server closed the connection after {out.tell()} of {remote.size} bytes")
+
+
+def fetch_xet(remote: Remote, incomplete: Path, name: str) -> None:
     """Download through hf_xet (chunk-deduplicated, parallel); the caller hashes the result afterwards."""
-    from huggingface_hub.file_download import xet_get
-
-    xet_get(
-        incomplete_path=incomplete, xet_file_data=remote.xet, headers=dict(remote.headers),
-        expected_size=remote.size, displayed_filename=name, tqdm_class=_QuietBar,
-    )
+    try:
+        hfcompat.xet_download(incomplete, remote.xet, dict(remote.hub_headers), remote.size, name)
+    except _HUB_ANSWERS:
+        raise  # 401, 503 ... from the hub's Xet token route, or no connection to it
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise XetFailed(f"{type(exc).__name__}: {exc}") from exc
 
 
 def xet_available() -> bool:
-    try:
-        from huggingface_hub.utils import is_xet_available
-    except ImportError:  # pragma: no cover
-        return False
-    return bool(is_xet_available())
+    return hfcompat.xet_available()
+
+
+def require_xet() -> None:
+    """``--transport xet`` was asked for: fail before the first request if it cannot be honoured."""
+    if not xet_available():
+        why = "HF_HUB_DISABLE_XET is set" if constants.HF_HUB_DISABLE_XET else "the hf_xet package is not installed"
+        raise ConfigError(
+            "--transport xet (MODELS_TRANSPORT=xet) cannot be used here", why=why,
+            fix="install hf-xet (constraints.txt pins the version huggingface_hub accepts) and unset "
+            "HF_HUB_DISABLE_XET, or use --transport http",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +223,17 @@ def classify(exc: BaseException, entry: ModelFile, endpoint: str) -> Failure:
         return Failure(False, DiskSpaceError(
             f"The disk filled up while downloading {entry.name}",
             why=str(exc), fix="free space on the destination volume (or pick fewer variants), then run again",
+        ))
+    if isinstance(exc, XetFailed):
+        return Failure(False, NetworkError(
+            f"hf_xet could not download {where}", why=f"{exc} (after hf_xet's own retries)",
+            fix="run again (hf_xet resumes from its chunk cache), or use --transport http: plain HTTP, streamed "
+            "and resumable",
+        ))
+    if isinstance(exc, hf_errors.OfflineModeIsEnabled):
+        return Failure(False, ConfigError(
+            f"Cannot fetch {where}: huggingface_hub is in offline mode", why=str(exc),
+            fix="unset HF_HUB_OFFLINE to download (`--list --offline` shows what is present without the network)",
         ))
     if isinstance(exc, hf_errors.GatedRepoError) or status in (401, 403):
         gated = isinstance(exc, hf_errors.GatedRepoError)
@@ -179,7 +261,7 @@ def classify(exc: BaseException, entry: ModelFile, endpoint: str) -> Failure:
             fix=f"the manifest entry [files.{entry.name}] is wrong: fix its repo "
             "(or, for a private repo, set HF_TOKEN)",
         ))
-    if isinstance(exc, hf_errors.RemoteEntryNotFoundError) or status == 404:
+    if isinstance(exc, hf_errors.EntryNotFoundError) or status == 404:
         return Failure(False, NotFoundError(
             f"{where} does not exist (HTTP 404)",
             why="the file is not in that repository at that revision" if entry.on_hub
@@ -188,10 +270,8 @@ def classify(exc: BaseException, entry: ModelFile, endpoint: str) -> Failure:
         ))
     if status is not None and (status >= 500 or status in (408, 429)):
         return Failure(True, NetworkError(f"The server answered HTTP {status} for {where}"))
-    if isinstance(exc, (httpx2.TransportError, TimeoutError, ConnectionError)):
+    if isinstance(exc, (*hfcompat.TRANSPORT_ERRORS, TimeoutError, ConnectionError)):
         return Failure(True, NetworkError(f"Connection problem while fetching {where}: {exc}"))
-    if isinstance(exc, OSError) and "Consistency check failed" in str(exc):
-        return Failure(True, NetworkError(f"The transfer of {where} ended early: {exc}"))
     if status is not None:
         return Failure(False, NetworkError(f"The server answered HTTP {status} for {where}: {exc}"))
     if isinstance(exc, ModelsError):

@@ -226,22 +226,32 @@ def cached_env(
     torch: TorchBuild,
     requirements: Sequence[str],
 ) -> PythonEnv:
-    """An environment keyed by everything that goes into it; made once, reused, remade when incomplete."""
+    """An environment per (kind, Python, torch build, requirement names): made once, reused, remade in place when
+    what goes into it (constraints.txt included) changed, or when it is incomplete.
+
+    The folder name leaves constraints.txt out on purpose: compile commands carry the path of torch's headers in this
+    environment, and the compiler cache keys on those paths. A pin bump elsewhere in constraints.txt (a test tool, the
+    index server) remakes the environment at the same path, so torch's unchanged headers still hit the cache instead
+    of turning an 11-hour flash-attn build cold."""
     interp, site_dirs = interpreter_for(python, system_python)
-    spec = {
+    identity = {
         "kind": kind,
         "python": python if python != "system" else ("system", str(Path(interp).resolve())),
         "torch": dataclasses.asdict(torch),
         "requirements": sorted(requirements),
-        "constraints": CONSTRAINTS.read_text(),
     }
-    key = sha256_text(canonical_json(spec))[:16]
+    spec = {**identity, "constraints": CONSTRAINTS.read_text()}
     root = cache_dir / "envs"
-    path = root / f"{kind}-{torch.name}-{key}"
+    path = root / f"{kind}-{torch.name}-{sha256_text(canonical_json(identity))[:16]}"
     marker = path / ".complete.json"
     with file_lock(root / f".{path.name}.lock", f"environment {path.name}"):
         if marker.exists():
-            return PythonEnv(path)
+            try:
+                if json.loads(marker.read_text()).get("spec") == spec:
+                    return PythonEnv(path)
+            except ValueError:
+                pass
+            log.info(f"{path.name}: constraints.txt or its inputs changed; remaking it at the same path")
         shutil.rmtree(path, ignore_errors=True)
         with log.step(f"Creating the {kind} environment {path.name} (torch: {torch.name})"):
             try:

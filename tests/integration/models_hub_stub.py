@@ -5,6 +5,8 @@ It speaks what huggingface_hub's real client expects from ``/{repo}/resolve/{rev
   ``X-Linked-Size``, ``X-Repo-Commit`` and an ``ETag``; the CDN serves the bytes with ``Range`` support;
 - small git files: ``200`` with the git blob sha1 as ``ETag``, ``Content-Length`` and ``Range`` support;
 - a renamed repository: a relative ``307`` to the new name (followed by the client on the hub's own origin);
+- files on Xet storage: ``X-Xet-Hash`` and a ``Link`` to the Xet token route, which answers with a CAS endpoint and
+  token (no CAS server: a test replaces hf_xet's transfer);
 - errors as the hub sends them: ``X-Error-Code`` RepoNotFound / RevisionNotFound / EntryNotFound / GatedRepo.
 Faults are injected per file: an HTTP status a number of times, a connection dropped after N bytes, a corrupted
 body, an ignored Range header, a slow body. Every request is recorded for assertions.
@@ -35,6 +37,11 @@ class StubFile:
     path: str
     content: bytes
     lfs: bool = True
+    xet: bool = False
+
+    @property
+    def xet_hash(self) -> str:
+        return hashlib.sha256(b"xet" + self.content).hexdigest()
 
     @property
     def sha256(self) -> str:
@@ -85,8 +92,10 @@ class HubStub:
     def endpoint(self) -> str:
         return self.hub_url
 
-    def add(self, repo: str, path: str, content: bytes, *, lfs: bool = True) -> StubFile:
-        f = StubFile(repo, path, content, lfs)
+    XET_TOKEN = "xet-access-token"
+
+    def add(self, repo: str, path: str, content: bytes, *, lfs: bool = True, xet: bool = False) -> StubFile:
+        f = StubFile(repo, path, content, lfs, xet)
         self.files[(repo, path)] = f
         return f
 
@@ -185,6 +194,9 @@ class HubStub:
     def _hub(self, h: http.server.BaseHTTPRequestHandler, method: str) -> None:
         parsed = urllib.parse.urlsplit(h.path)
         parts = parsed.path.split("/")
+        # /api/models/{org}/{name}/xet-read-token/{revision}
+        if len(parts) == 7 and parts[1:3] == ["api", "models"] and parts[5] == "xet-read-token":
+            return self._xet_token(h, f"{parts[3]}/{parts[4]}")
         # /{org}/{name}/resolve/{revision}/{path...}
         if len(parts) < 6 or parts[3] != "resolve":
             return self._error(h, 404, None, "not a resolve URL")
@@ -203,14 +215,8 @@ class HubStub:
             return self._error(h, fault.status, None, f"injected {fault.status}")
         if not any(r == repo for r, _ in self.files):
             return self._error(h, 404, "RepoNotFound", "Repository not found")
-        if repo in self.gated:
-            auth = h.headers.get("Authorization")
-            if auth is None:
-                return self._error(h, 401, "GatedRepo", f"Access to model {repo} is restricted. You must be "
-                                   "authenticated to access it.")
-            if auth != f"Bearer {self.gated[repo]}":
-                return self._error(h, 403, "GatedRepo", f"Access to model {repo} is restricted and you are not "
-                                   "in the authorized list.")
+        if not self._allowed(h, repo):
+            return None
         if revision not in ("main", self.COMMIT):
             return self._error(h, 404, "RevisionNotFound", f"Invalid rev id: {revision}")
         f = self.files.get((repo, path))
@@ -224,12 +230,43 @@ class HubStub:
             h.send_header("X-Linked-Etag", f'"{f.sha256}"')
             h.send_header("X-Linked-Size", str(len(f.content)))
             h.send_header("ETag", f'"{git_blob_sha1(f.sha256.encode())}"')  # the pointer's oid, as on the hub
+            if f.xet:  # the real hub names its own origin here; clients rewrite it to their endpoint
+                h.send_header("X-Xet-Hash", f.xet_hash)
+                h.send_header("Link", f'<https://huggingface.co/api/models/{repo}/xet-read-token/{self.COMMIT}>; '
+                              'rel="xet-auth"')
             h.send_header("Content-Length", "0")
             h.end_headers()
             return None
         self._body(h, method, f.content, f"{repo}:{path}", "hub",
                    {"ETag": f'"{git_blob_sha1(f.content)}"', "X-Repo-Commit": self.COMMIT})
         return None
+
+    def _allowed(self, h: http.server.BaseHTTPRequestHandler, repo: str) -> bool:
+        if repo not in self.gated:
+            return True
+        auth = h.headers.get("Authorization")
+        if auth is None:
+            self._error(h, 401, "GatedRepo", f"Access to model {repo} is restricted. You must be authenticated to "
+                        "access it.")
+            return False
+        if auth != f"Bearer {self.gated[repo]}":
+            self._error(h, 403, "GatedRepo", f"Access to model {repo} is restricted and you are not in the "
+                        "authorized list.")
+            return False
+        return True
+
+    def _xet_token(self, h: http.server.BaseHTTPRequestHandler, repo: str) -> None:
+        if not self._allowed(h, repo):
+            return
+        body = b"{}"
+        h.send_response(200)
+        h.send_header("X-Xet-Cas-Url", f"{self.cdn_url}/cas")
+        h.send_header("X-Xet-Access-Token", self.XET_TOKEN)
+        h.send_header("X-Xet-Token-Expiration", str(int(time.time()) + 3600))
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        if h.command != "HEAD":
+            h.wfile.write(body)
 
     def _cdn(self, h: http.server.BaseHTTPRequestHandler, method: str) -> None:
         parsed = urllib.parse.urlsplit(h.path)

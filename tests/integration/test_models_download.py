@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 import os
 import random
@@ -26,6 +27,7 @@ pytest.importorskip("huggingface_hub", reason="the models downloader needs huggi
 from models_hub_stub import HubStub  # noqa: E402
 
 from models import download, errors, fsutil, options, state  # noqa: E402
+from models import hub as hub_mod  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -165,14 +167,24 @@ def test_plain_url_checked_against_its_publishers_sha256_prefix(runner: Runner, 
 
 
 def test_resume_after_a_connection_dropped_mid_file(runner: Runner, hub: HubStub) -> None:
-    # huggingface_hub hands over data in 10 MiB chunks: drop after 12 MiB so one chunk is on disk when it breaks.
+    # Bytes reach the file in whole CHUNK_SIZE reads: what was on disk when the connection broke is where it resumes.
     f = hub.add("org/model", "big.bin", blob(5, 16 * MIB))
-    hub.fault("cdn", f.sha256, "drop", after=12 * MIB)
+    hub.fault("cdn", f.sha256, "drop", after=12 * MIB + 1000)
     [outcome] = runner.run(write_manifest(runner.tmp, entry("big", "org/model", "big.bin")))
     assert outcome.target.read_bytes() == f.content
-    gets = hub.gets("cdn")
-    assert [g.range for g in gets] == [None, "bytes=10485760-"]
+    on_disk = (12 * MIB + 1000) // hub_mod.CHUNK_SIZE * hub_mod.CHUNK_SIZE
+    assert [g.range for g in hub.gets("cdn")] == [None, f"bytes={on_disk}-"]
     assert hub.served_bytes[f.sha256] < len(f.content) + 3 * MIB  # resumed, not started over
+    assert runner.sleeps == []  # it had delivered bytes: resumed at once, not counted as a failed attempt
+
+
+def test_a_connection_that_drops_before_any_byte_is_retried_with_backoff(runner: Runner, hub: HubStub) -> None:
+    f = hub.add("org/model", "big.bin", blob(19, 2 * MIB))
+    hub.fault("cdn", f.sha256, "drop", after=0)
+    [outcome] = runner.run(write_manifest(runner.tmp, entry("big", "org/model", "big.bin")))
+    assert outcome.target.read_bytes() == f.content
+    assert [g.range for g in hub.gets("cdn")] == [None, None]
+    assert runner.sleeps == [1.0]
 
 
 def test_resume_a_partial_left_by_an_earlier_run(runner: Runner, hub: HubStub) -> None:
@@ -458,8 +470,6 @@ def test_xet_transport_hashes_what_hf_xet_assembled(
 ) -> None:
     """The stand-in speaks no Xet protocol: hf_xet itself is replaced, the hub's metadata stays real. What is tested
     is this downloader's side: the xet path is taken only when asked, and its result is hashed and verified."""
-    from models import hub as hub_mod
-
     f = hub.add("org/model", "big.bin", blob(40, MIB))
     real_resolve = hub_mod.resolve
     monkeypatch.setattr(hub_mod, "resolve", lambda *a, **k: dataclasses.replace(real_resolve(*a, **k), xet=object()))
@@ -479,6 +489,65 @@ def test_xet_transport_hashes_what_hf_xet_assembled(
     with pytest.raises(errors.IntegrityError, match="bad file was deleted"):
         runner.run(manifest, "--transport", "xet")
     assert leftovers(runner.dest) == []
+
+
+def test_a_xet_file_goes_through_huggingface_hubs_xet_client_with_the_token_for_the_hub(
+    runner: Runner, hub: HubStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only hf_xet's transfer itself (its CAS protocol) is replaced; around it all is real: the Xet metadata in the
+    hub's HEAD answer, huggingface_hub's xet_get asking the hub's token route with the user's token (which the
+    CDN never sees), and its call into hf_xet, checked against hf_xet's declared signature. What is replaced is
+    the hf_xet entry point huggingface_hub 0.x (the pin) calls; 2.x calls another (XetSession)."""
+    import hf_xet
+
+    f = hub.add("gated/model", "big.bin", blob(42, MIB), xet=True)
+    hub.gate("gated/model", "hf_good")
+    real = hf_xet.download_files
+    calls: list[inspect.BoundArguments] = []
+
+    def assemble(*args: Any, **kwargs: Any) -> None:
+        call = inspect.signature(real).bind(*args, **kwargs)  # a TypeError if the two packages disagree
+        calls.append(call)
+        for info in call.arguments["files"]:
+            assert info.hash == f.xet_hash
+            Path(info.destination_path).write_bytes(f.content)
+        for update in call.arguments["progress_updater"] or ():
+            update(len(f.content))
+
+    monkeypatch.setattr(hf_xet, "download_files", assemble)
+    manifest = write_manifest(runner.tmp, entry("big", "gated/model", "big.bin"))
+    [outcome] = runner.run(manifest, "--transport", "xet", env={"HF_TOKEN": "hf_good"})
+    assert outcome.target.read_bytes() == f.content and hub.gets("cdn") == []
+    assert state.read(outcome.target).verified_against == "hub LFS sha256"  # type: ignore[union-attr]
+    [call] = calls
+    assert call.arguments["endpoint"] == f"{hub.cdn_url}/cas" and call.arguments["token_info"][0] == hub.XET_TOKEN
+    [token_request] = [r for r in hub.requests if "/xet-read-token/" in r.path]
+    assert token_request.server == "hub" and token_request.authorization == "Bearer hf_good"
+
+    # Without --transport xet the same file comes over plain HTTP, and the token stays on the hub.
+    outcome.target.unlink()
+    [again] = runner.run(manifest, env={"HF_TOKEN": "hf_good"})
+    assert again.action == "downloaded" and [r.authorization for r in hub.gets("cdn")] == [None]
+    assert len(calls) == 1
+
+
+def test_a_failure_inside_hf_xet_is_a_clear_error_that_leaves_nothing(
+    runner: Runner, hub: HubStub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hf_xet
+
+    f = hub.add("org/model", "big.bin", blob(44, MIB), xet=True)
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        for info in kwargs.get("files", args[0] if args else ()):
+            Path(info.destination_path).write_bytes(f.content[:1000])  # what a reconstruction leaves when it stops
+        raise RuntimeError("Task error: File reconstruction error: CAS Client Error: HTTP status client error (404)")
+
+    monkeypatch.setattr(hf_xet, "download_files", fail)
+    with pytest.raises(errors.NetworkError, match="hf_xet could not download") as info:
+        runner.run(write_manifest(runner.tmp, entry("big", "org/model", "big.bin")), "--transport", "xet")
+    assert "CAS Client Error" in info.value.render() and "--transport http" in info.value.render()
+    assert runner.sleeps == [] and leftovers(runner.dest) == []
 
 
 def test_ctrl_c_stops_promptly_keeps_the_partial_and_the_next_run_resumes(tmp_path: Path, hub: HubStub) -> None:

@@ -12,10 +12,11 @@ import pytest
 
 pytest.importorskip("huggingface_hub", reason="the models downloader needs huggingface_hub (nox -s tests installs it)")
 
-import httpx2  # noqa: E402
+import requests  # noqa: E402 - huggingface_hub 0.x's HTTP library (constraints.txt pins 0.36.0)
+from huggingface_hub import errors as hf_errors  # noqa: E402
 from huggingface_hub.utils import hf_raise_for_status  # noqa: E402
 
-from models import download, errors, fsutil, hub, listing, manifest, options, state  # noqa: E402
+from models import download, errors, fsutil, hfcompat, hub, listing, manifest, options, state  # noqa: E402
 
 
 def entry(**kw: object) -> manifest.ModelFile:
@@ -112,7 +113,10 @@ def test_expectation_prefers_manifest_then_hub_lfs_then_git_then_prefix() -> Non
 def hub_error(status: int, code: str | None = None) -> Exception:
     url = "https://huggingface.co/org/model/resolve/main/w.bin"
     headers = {"X-Error-Code": code} if code else {}
-    response = httpx2.Response(status, headers=headers, request=httpx2.Request("HEAD", url))
+    response = requests.Response()
+    response.status_code, response.url, response._content = status, url, b""
+    response.headers.update(headers)
+    response.request = requests.Request("HEAD", url).prepare()
     try:
         hf_raise_for_status(response)
     except Exception as e:  # noqa: BLE001 - the real exception huggingface_hub raises for this answer
@@ -139,12 +143,36 @@ def test_classify_maps_hub_answers(status: int, code: str | None, kind: type, re
 
 
 def test_classify_network_and_disk_errors() -> None:
-    dropped = hub.classify(httpx2.RemoteProtocolError("peer closed connection"), entry(), "e")
-    assert dropped.retry and isinstance(dropped.error, errors.NetworkError)
+    cut = requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead(3 bytes read, 7 more expected)")
+    for exc in (cut, requests.ConnectionError("refused"), requests.ReadTimeout("read timed out"),
+                hub.ShortBody("closed after 3 of 10 bytes")):
+        dropped = hub.classify(exc, entry(), "e")
+        assert dropped.retry and isinstance(dropped.error, errors.NetworkError), exc
+    offline = hub.classify(hf_errors.OfflineModeIsEnabled("offline mode is enabled"), entry(), "e")
+    assert not offline.retry and isinstance(offline.error, errors.ConfigError)
+    assert "HF_HUB_OFFLINE" in offline.error.render()
     full = hub.classify(OSError(28, "No space left on device"), entry(), "e")
     assert not full.retry and isinstance(full.error, errors.DiskSpaceError)
     with pytest.raises(ZeroDivisionError):  # a bug is not dressed up as a network problem
         hub.classify(ZeroDivisionError(), entry(), "e")
+
+
+# --- the Xet transport -----------------------------------------------------------------------------------------------
+
+
+def test_xet_transport_that_cannot_work_fails_before_any_request(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import constants
+
+    assert hfcompat.xet_available()  # hf-xet is a dependency of the pinned huggingface_hub on this platform
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    assert not hfcompat.xet_available()
+    with pytest.raises(errors.ConfigError, match="--transport xet") as info:
+        download.run(make_options(tmp_path, "--transport", "xet"), sleep=lambda s: None)
+    assert info.value.exit_code == 21
+    assert "HF_HUB_DISABLE_XET is set" in info.value.render() and "--transport http" in info.value.render()
+    assert not (tmp_path / "dest").exists()
 
 
 # --- the free-space plan and the listing ----------------------------------------------------------------------------
