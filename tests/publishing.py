@@ -23,8 +23,22 @@ def _hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def make_wheel(folder: Path, name: str = "demo", version: str = f"1.0+{LABEL}", payload: str = "") -> Path:
-    """A pure-Python py3-none-any wheel; ``payload`` changes its bytes without changing its name."""
+DESCRIPTION = ("text/markdown", "# {name}\n\nA wheel made by the test suite.\n")
+
+
+def make_wheel(
+    folder: Path,
+    name: str = "demo",
+    version: str = f"1.0+{LABEL}",
+    payload: str = "",
+    description: tuple[str, str] | None = DESCRIPTION,
+) -> Path:
+    """A pure-Python py3-none-any wheel; ``payload`` changes its bytes without changing its name. ``description``:
+    (content type, long description), or None for none at all (as mmcv 2.1.0's wheel has)."""
+    if description is None:
+        tail = ""
+    else:
+        tail = f"Description-Content-Type: {description[0]}\n\n" + description[1].format(name=name)
     folder.mkdir(parents=True, exist_ok=True)
     dist = name.replace("-", "_")
     path = folder / f"{dist}-{version}-py3-none-any.whl"
@@ -37,9 +51,7 @@ def make_wheel(folder: Path, name: str = "demo", version: str = f"1.0+{LABEL}", 
             f"Version: {version}\n"
             "Summary: A wheel made by the test suite\n"
             "Requires-Python: >=3.9\n"
-            "Description-Content-Type: text/markdown\n"
-            "\n"
-            f"# {name}\n\nA wheel made by the test suite.\n"
+            f"{tail}"
         ).encode(),
         f"{info}/WHEEL": b"Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }

@@ -12,7 +12,7 @@ from publishing import add_to_wheelhouse, make_wheel, make_wheelhouse
 
 from wheels.errors import ConfigError, PublishError
 from wheels.manifest import Wheelhouse
-from wheels.publish.pipeline import plan, select, stage
+from wheels.publish.pipeline import plan, select, stage, twine_check
 from wheels.publish.server import check_outside, load_credentials, quarantine_unreadable, write_htpasswd
 from wheels.publish.simple import Link
 
@@ -132,3 +132,23 @@ def test_truncated_wheels_are_quarantined(tmp_path: Path) -> None:
     moved = quarantine_unreadable(packages, tmp_path / "quarantine")
     assert [p.name.split(".whl")[0] + ".whl" for p in moved] == [bad.name]
     assert good.exists() and not bad.exists()
+
+
+def test_twine_check_shows_warnings_and_publishes_upstream_metadata_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """mmcv 2.1.0's wheel has no long description: valid metadata, which `twine check --strict` refused, so the
+    first real mmcv wheel could not be published. Now it is a warning naming the wheel."""
+    plain = make_wheel(tmp_path / "a", "plain-pkg-with-a-rather-long-name-that-twine-wraps", description=None)
+    good = make_wheel(tmp_path / "b", "good-pkg")
+    twine_check([plain, good])
+    err = capsys.readouterr().err
+    assert f"{plain.name}: twine check:" in err and "long_description" in err
+    assert good.name not in err
+
+
+def test_twine_check_refuses_a_description_that_would_not_render(tmp_path: Path) -> None:
+    bad = make_wheel(tmp_path / "c", "bad-pkg", description=("text/x-rst", ".. raw:: html\n\n   <b>{name}</b>\n"))
+    with pytest.raises(PublishError, match="twine check rejected the wheels' metadata") as info:
+        twine_check([bad])
+    assert "bad_pkg" in info.value.render()
