@@ -10,6 +10,8 @@ Flavours:
            Wan 2.1 / SteadyDancer attention uses head dim 128. The head-dim dispatch is restricted at compile time, so
            no other kernel is referenced (no undefined symbol can arise), and any head dim upstream would route to
            another kernel raises a RuntimeError naming the flavour instead.
+
+Measured per-file compile costs (one arch; 2 cores, and 16 cores on an H200 host) are in bench/results.md.
 """
 
 from __future__ import annotations
