@@ -14,20 +14,17 @@ at a one-target matrix for that copy, which is what makes the edit possible.
 from __future__ import annotations
 
 import json
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from .. import log, sources, util
 from ..errors import BuildError
 from ..options import REPO_ROOT, Target, without_settings
-from ..util import TreeMemorySampler
 from .results import Check, Context, Measurement, SuiteResult
+from .steps import run_step
 
 TARGET = "canary-cu124"
 NOOP_LIMIT_SECONDS = 10.0
@@ -64,46 +61,21 @@ def _matrix_text(target: Target, source: Path) -> str:
     )
 
 
-def _record(wheelhouse: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((wheelhouse / "manifest.json").read_text())["records"].get(TARGET)
-    except FileNotFoundError:
-        return None
-
-
 def _measure(step: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, logs: Path) -> tuple[Measurement, str]:
-    before = _record(wheelhouse)
-    log_path = logs / f"{len(list(logs.iterdir())) + 1}-{re.sub(r'[^A-Za-z0-9]+', '-', step).strip('-')}.log"
-    with log.step(f"bench canary: {step}"), log_path.open("w") as out:
-        started = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-        with TreeMemorySampler(proc.pid, interval=0.2) as memory:
-            rc = proc.wait()
-        wall = time.monotonic() - started
-    output = log_path.read_text(errors="replace")
-    if rc != 0:
-        raise BuildError(
-            f"bench canary: `{' '.join(cmd)}` failed (exit {rc}) in step {step!r}",
-            why="\n".join(output.splitlines()[-30:]),
-            fix=f"read {log_path}",
-        )
-    record = _record(wheelhouse)
-    assert record is not None
-    built = before is None or record["created"] != before["created"] or record["cache_key"] != before["cache_key"]
-    stats = record["build"] if built else {}
+    run = run_step("canary", step, TARGET, cmd, env, wheelhouse, logs, sample_memory=True)
     return Measurement(
         step=step,
         target=TARGET,
         command="nox -s wheels -- " + TARGET,
-        wall_seconds=round(wall, 2),
-        peak_rss_bytes=memory.peak_tree,
-        jobs=stats.get("jobs"),
-        wheel_size=record["size"],
-        sha256=record["sha256"],
-        cache=stats.get("compiler_cache"),
-        built=built,
-        notes="" if built else "nothing built: the record and wheel were left as they were",
-    ), output
+        wall_seconds=run.wall_seconds,
+        peak_rss_bytes=run.peak_rss_bytes,
+        jobs=run.stats.get("jobs"),
+        wheel_size=run.record["size"],
+        sha256=run.record["sha256"],
+        cache=run.stats.get("compiler_cache"),
+        built=run.built,
+        notes="" if run.built else "nothing built: the record and wheel were left as they were",
+    ), run.output
 
 
 def run(ctx: Context) -> SuiteResult:

@@ -18,15 +18,10 @@ command's own process tree would not show them, so none is reported for these st
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-from typing import Any
 
 from .. import log, util
 from ..builder.image import docker_client, inspect_image
@@ -34,56 +29,36 @@ from ..builder.standin import DEFAULT_TAG as STANDIN_TAG
 from ..errors import BuildError
 from ..options import REPO_ROOT, without_settings
 from .results import Check, Context, Measurement, SuiteResult
+from .steps import run_step
 
 NOOP_LIMIT_SECONDS = 10.0
 SHARED = ("toolkits", "downloads", "builder", "container")  # one-time setup, shared with the pipeline's own cache
 
 
-def _record(wheelhouse: Path, target: str) -> dict[str, Any] | None:
-    try:
-        return json.loads((wheelhouse / "manifest.json").read_text())["records"].get(target)
-    except FileNotFoundError:
-        return None
-
-
 def _measure(
     step: str, target: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, logs: Path
 ) -> tuple[Measurement, str]:
-    before = _record(wheelhouse, target)
-    log_path = logs / f"{len(list(logs.iterdir())) + 1}-{re.sub(r'[^A-Za-z0-9]+', '-', step).strip('-')}.log"
-    with log.step(f"bench container: {step}"), log_path.open("w") as out:
-        started = time.monotonic()
-        rc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
-        wall = time.monotonic() - started
-    output = log_path.read_text(errors="replace")
-    if rc != 0:
-        raise BuildError(
-            f"bench container: `{' '.join(cmd)}` failed (exit {rc}) in step {step!r}",
-            why="\n".join(output.splitlines()[-30:]),
-            fix=f"read {log_path}",
-        )
-    record = _record(wheelhouse, target)
-    assert record is not None
-    built = before is None or record["created"] != before["created"] or record["cache_key"] != before["cache_key"]
-    stats = record["build"] if built else {}
+    # No memory sampling: the compilers run in the container, outside this command's process tree.
+    run = run_step("container", step, target, cmd, env, wheelhouse, logs, sample_memory=False)
+    record, stats = run.record, run.stats
     container = stats.get("container") or {}
     notes = "nothing built: the record and wheel were left as they were"
-    if built:
+    if run.built:
         notes = (f"{record['platform_tag']} (base glibc {container.get('glibc')}); container test "
                  f"{container.get('test', {}).get('verdict')}, host gate {record['gate']['verdict']}")
     return Measurement(
         step=step,
         target=target,
         command="nox -s wheels -- --backend container " + target + (" --force" if "--force" in cmd else ""),
-        wall_seconds=round(wall, 2),
+        wall_seconds=run.wall_seconds,
         peak_rss_bytes=None,
         jobs=stats.get("jobs"),
         wheel_size=record["size"],
         sha256=record["sha256"],
         cache=stats.get("compiler_cache"),
-        built=built,
+        built=run.built,
         notes=notes,
-    ), output
+    ), run.output
 
 
 def _builder_base(ctx: Context, env: dict[str, str], notes: list[str]) -> str:
