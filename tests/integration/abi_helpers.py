@@ -14,16 +14,12 @@ import csv
 import dataclasses
 import hashlib
 import io
-import os
 import subprocess
 import sys
 import sysconfig
 import zipfile
 from pathlib import Path
 
-from wheels.options import ENV_VARS
-
-REPO = Path(__file__).resolve().parents[2]
 PY_TAG = f"cp{sys.version_info[0]}{sys.version_info[1]}"
 EXT_SUFFIX = sysconfig.get_config_var("EXT_SUFFIX")  # ".cpython-311-x86_64-linux-gnu.so"
 LABEL = "cu124torch2.5"  # what torch 2.5.1 from PyPI (CUDA 12.4, pre-C++11 ABI) labels a wheel
@@ -97,30 +93,6 @@ static PyMethodDef methods[] = {{"launch", launch, METH_NOARGS, nullptr}, {nullp
 static PyModuleDef module = {PyModuleDef_HEAD_INIT, MODULE_NAME, nullptr, -1, methods};
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&module); }
 """
-
-
-def pipeline_env(**extra: str) -> dict[str, str]:
-    """This process's environment without the pipeline's own settings (a developer's WHEELHOUSE or
-    WHEELS_IMAGE_BASE must not leak into a test)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ENV_VARS and not k.startswith(("WHEELS_", "TORCH_INDEX_URL")) and k != "CUDA_PATH"
-    }
-    env.update(extra)
-    return env
-
-
-def run_wheels(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m wheels ARGS` from the repository root, as the nox sessions run it."""
-    return subprocess.run(
-        [sys.executable, "-m", "wheels", *map(str, args)],
-        cwd=REPO,
-        env=env if env is not None else pipeline_env(),
-        capture_output=True,
-        text=True,
-        timeout=3600,
-    )
 
 
 @dataclasses.dataclass(frozen=True)

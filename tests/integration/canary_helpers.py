@@ -21,13 +21,13 @@ def pipeline_env(**extra: str) -> dict[str, str]:
 
 
 def run_wheels(
-    *args: str | os.PathLike[str], env: dict[str, str], timeout: float = 3600
+    *args: str | os.PathLike[str], env: dict[str, str] | None = None, timeout: float = 3600
 ) -> subprocess.CompletedProcess:
-    """`python -m wheels ARGS` from the repository root, as `nox -s wheels` runs it."""
+    """`python -m wheels ARGS` from the repository root, as `nox -s wheels` runs it (default env: pipeline_env())."""
     return subprocess.run(
         [sys.executable, "-m", "wheels", *map(str, args)],
         cwd=REPO,
-        env=env,
+        env=env if env is not None else pipeline_env(),
         capture_output=True,
         text=True,
         timeout=timeout,

@@ -37,55 +37,19 @@ from abi_helpers import (  # noqa: E402
     compile_object,
     compile_ops,
     compile_probe,
-    pipeline_env,
-    run_wheels,
     write_wheel,
 )
+from canary_helpers import CANARY_TARGET, Build, pipeline_env, run_wheels  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
-CANARY_TARGET = "canary-cu124"
 GATE_FAILED = 9  # errors.GateError.exit_code
 
 
-def _shared(request: pytest.FixtureRequest, name: str) -> Any:
-    """A session fixture of the same meaning from a conftest, when one provides it (so the suite builds once)."""
-    try:
-        return request.getfixturevalue(name)
-    except pytest.FixtureLookupError:
-        return None
-
-
 @pytest.fixture(scope="session")
-def gate_cache(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """The pipeline's cache (toolkit, downloads, environments). TEST_WHEELS_CACHE keeps toolkit and downloads."""
-    shared = _shared(request, "wheels_cache")
-    if shared is not None:
-        yield shared
-        return
-    import os
-
-    cache = tmp_path_factory.mktemp("gate-cache")
-    keep = os.environ.get("TEST_WHEELS_CACHE")
-    if keep:
-        for sub in ("toolkits", "downloads"):
-            (Path(keep) / sub).mkdir(parents=True, exist_ok=True)
-            (cache / sub).symlink_to(Path(keep).resolve() / sub)
-    yield cache
-    shutil.rmtree(cache, ignore_errors=True)
-
-
-@pytest.fixture(scope="session")
-def canary(request: pytest.FixtureRequest, gate_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A wheelhouse holding the canary, built by `python -m wheels build canary-cu124` (which gates it once)."""
-    build = _shared(request, "canary_build")
-    if build is not None:
-        return Path(build.wheelhouse)
-    wheelhouse = tmp_path_factory.mktemp("gate-wheelhouse")
-    result = run_wheels("build", CANARY_TARGET, "--wheelhouse", wheelhouse, "--cache-dir", gate_cache)
-    if result.returncode != 0:
-        pytest.fail(f"building {CANARY_TARGET} failed (exit {result.returncode}):\n{result.stderr[-8000:]}")
-    return wheelhouse
+def canary(canary_build: Build) -> Path:
+    """A wheelhouse holding the canary: the session's one build (`python -m wheels build canary-cu124`, gated once)."""
+    return Path(canary_build.wheelhouse)
 
 
 @pytest.fixture(scope="session")
@@ -126,8 +90,8 @@ def probes(torch_tree: TorchTree, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 @pytest.fixture(scope="session")
-def toolchain(gate_cache: Path) -> Toolchains:
-    return Toolchains(gate_cache, pipeline_env())
+def toolchain(wheels_cache: Path) -> Toolchains:
+    return Toolchains(wheels_cache, pipeline_env())
 
 
 @pytest.fixture(scope="session")
@@ -326,12 +290,12 @@ XFORMERS_TARGET = "xformers-cu124"
 XFORMERS_WHEEL = "xformers-0.0.29.post1-cp311-cp311-manylinux_2_28_x86_64.whl"
 
 
-def test_upstream_xformers_wheel_passes_and_is_recorded(gate_cache: Path, tmp_path: Path) -> None:
+def test_upstream_xformers_wheel_passes_and_is_recorded(wheels_cache: Path, tmp_path: Path) -> None:
     """The prebuilt recipe end to end: fetch the pinned 15 MB wheel from PyPI, gate it against torch 2.5.1+cu124,
     record it. Its _C.so is a torch operator library, and sm_90a its only code for 9.0 GPUs."""
     wheelhouse = tmp_path / "wheelhouse"
     started = time.monotonic()
-    result = run_wheels("build", XFORMERS_TARGET, "--wheelhouse", wheelhouse, "--cache-dir", gate_cache)
+    result = run_wheels("build", XFORMERS_TARGET, "--wheelhouse", wheelhouse, "--cache-dir", wheels_cache)
     print(f"{XFORMERS_TARGET} took {time.monotonic() - started:.1f}s:\n{result.stderr[-6000:]}")
     assert result.returncode == 0, result.stderr[-6000:]
     assert f"ABI gate: {XFORMERS_WHEEL} against torch 2.5.1+cu124: PASS" in result.stderr
