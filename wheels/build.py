@@ -25,8 +25,8 @@ from . import log, sources
 from .abi.gate import Expectation, GateReport, check_wheel
 from .cachekey import cache_key, key_inputs
 from .envs import PythonEnv, TorchInfo, cached_env
-from .errors import BuildError, ConfigError, GateError, OutOfMemoryError, PipelineError, ToolchainError
-from .jobs import JobPlan, fewer_jobs, plan_jobs
+from .errors import BuildError, ConfigError, GateError, PipelineError, ToolchainError
+from .jobs import JobPlan, plan_after_oom, plan_jobs
 from .label import check_torch_matches, local_label
 from .manifest import Record, Wheelhouse
 from .options import Options, Target
@@ -490,16 +490,8 @@ class Pipeline:
                     break
                 text = log_path.read_text(errors="replace")
                 if oom:
-                    smaller = fewer_jobs(plan)
-                    if smaller is None:
-                        raise OutOfMemoryError(
-                            f"[{target.name}] the build was killed for memory even with one job",
-                            why=f"peak memory of the build tree was {peak_tree / 2**30:.1f} GiB",
-                            fix="use a machine with more RAM, or add swap; objects already compiled are kept",
-                        )
-                    log.warn(f"[{target.name}] killed for memory at {peak_tree / 2**30:.1f} GiB; {smaller.reason}; "
-                             "objects already compiled are kept")
-                    plan = smaller
+                    plan = plan_after_oom(plan, f"[{target.name}]", kept="objects already compiled are kept",
+                                          peak_tree=peak_tree)
                     continue
                 raise BuildError(
                     f"[{target.name}] the build failed (exit {rc})\n--- from {log_path} ---\n{error_excerpt(text)}\n---",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from . import log
 from .errors import OutOfMemoryError
 
 GIB = 1024**3
@@ -77,3 +78,19 @@ def fewer_jobs(plan: JobPlan) -> JobPlan | None:
         jobs = max(1, plan.jobs // 2)
         return JobPlan(jobs, 1, f"retry after an out-of-memory kill: jobs {plan.jobs} -> {jobs}")
     return None
+
+
+def plan_after_oom(plan: JobPlan, tag: str, *, kept: str, where: str = "", peak_tree: int | None = None) -> JobPlan:
+    """After an out-of-memory kill: the smaller plan to retry with (and say so), or an OutOfMemoryError when the plan
+    is already at one job. ``kept``: what survives for the retry; ``where``: e.g. " in the container";
+    ``peak_tree``: the build tree's peak memory, when measured."""
+    smaller = fewer_jobs(plan)
+    peak = f"{peak_tree / 2**30:.1f} GiB" if peak_tree is not None else None
+    if smaller is None:
+        raise OutOfMemoryError(
+            f"{tag} the build was killed for memory{where} even with one job",
+            why=f"peak memory of the build tree was {peak}" if peak else None,
+            fix=f"use a machine with more RAM, or add swap; {kept}",
+        )
+    log.warn(f"{tag} killed for memory{f' at {peak}' if peak else ''}; {smaller.reason}; {kept}")
+    return smaller

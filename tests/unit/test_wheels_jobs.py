@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from wheels.errors import OutOfMemoryError
-from wheels.jobs import GIB, JobPlan, fewer_jobs, plan_jobs
+from wheels.jobs import GIB, JobPlan, fewer_jobs, plan_after_oom, plan_jobs
 
 
 def plan(cores: int, gib: float, per_job: float, archs: int = 2, **kw: int | None) -> JobPlan:
@@ -93,3 +93,15 @@ def test_fewer_jobs_odd_counts_reach_one() -> None:
 
 def test_plan_environment() -> None:
     assert JobPlan(3, 2, "").env() == {"MAX_JOBS": "3", "NVCC_THREADS": "2"}
+
+
+def test_plan_after_oom_says_what_it_retries_with_then_gives_up(capsys: pytest.CaptureFixture[str]) -> None:
+    smaller = plan_after_oom(JobPlan(2, 1, ""), "[t]", kept="compiled objects are in the compiler cache",
+                             where=" in the container")
+    assert smaller == JobPlan(1, 1, "retry after an out-of-memory kill: jobs 2 -> 1")
+    assert "[t] killed for memory; retry after an out-of-memory kill: jobs 2 -> 1" in capsys.readouterr().err
+    with pytest.raises(OutOfMemoryError) as e:
+        plan_after_oom(smaller, "[t]", kept="objects already compiled are kept", peak_tree=3 * 2**30)
+    assert e.value.what == "[t] the build was killed for memory even with one job"
+    assert e.value.why == "peak memory of the build tree was 3.0 GiB"
+    assert e.value.fix == "use a machine with more RAM, or add swap; objects already compiled are kept"

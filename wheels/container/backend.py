@@ -40,8 +40,8 @@ from ..build import (
 )
 from ..builder.image import BuilderSpec, builder_spec, docker_client, ensure_image, tools_dir
 from ..envs import CONSTRAINTS
-from ..errors import BuildError, ConfigError, OutOfMemoryError
-from ..jobs import JobPlan, fewer_jobs, plan_jobs
+from ..errors import BuildError, ConfigError
+from ..jobs import JobPlan, plan_after_oom, plan_jobs
 from ..label import check_torch_matches, local_label
 from ..options import REPO_ROOT
 from ..progress import NinjaProgress
@@ -151,14 +151,8 @@ def _run_cibuildwheel(
                     break
                 text = log_path.read_text(errors="replace")
                 if oom:
-                    smaller = fewer_jobs(plan)
-                    if smaller is None:
-                        raise OutOfMemoryError(
-                            f"{tag} the build was killed for memory in the container even with one job",
-                            fix="use a machine with more RAM, or add swap; compiled objects are in the compiler cache",
-                        )
-                    log.warn(f"{tag} killed for memory; {smaller.reason}")
-                    plan = smaller
+                    plan = plan_after_oom(plan, tag, kept="compiled objects are in the compiler cache",
+                                          where=" in the container")
                     continue
                 raise BuildError(
                     f"{tag} cibuildwheel failed (exit {rc})\n--- from {log_path} ---\n{error_excerpt(text)}\n---",
