@@ -12,6 +12,8 @@ from wheels.errors import ConfigError, GateError
 from wheels.manifest import Record, Wheelhouse
 from wheels.options import DEFAULT_MATRIX
 
+from spine_fakes import record_for
+
 CANARY = "canary-0.1.0+cu124torch2.5-cp311-cp311-manylinux_2_34_x86_64.whl"
 
 
@@ -90,27 +92,11 @@ def test_torch_builds_no_target_uses_can_be_named(tmp_path: Path) -> None:
 
 
 def record(wheel: Path, target: str = "canary-cu124", archs: tuple[str, ...] = ("9.0",)) -> Record:
-    return Record(
-        target=target,
-        filename=wheel.name,
-        sha256="0" * 64,
-        size=2,
-        package="canary",
-        version="0.1.0+cu124torch2.5",
-        label="cu124torch2.5",
-        torch={"version": "2.5.1+cu124", "cuda": "12.4", "cxx11_abi": False, "build": "cu124"},
-        cuda="12.4",
-        python_tag="cp311",
-        platform_tag="manylinux_2_34_x86_64",
-        cuda_archs=list(archs),
-        cxx11_abi=False,
-        cache_key="k",
-        flavour=None,
-        toolchain={},
-        build={},
-        gate={},
-        created="now",
-    )
+    """A record of ``wheel`` whose sha256 and size match no real file (what a damaged wheel looks like)."""
+    return record_for(
+        wheel, target, key="k", sha256="0" * 64, size=2, platform_tag="manylinux_2_34_x86_64",
+        cuda_archs=list(archs), toolchain={}, build={}, gate={}, created="now",
+    )  # fmt: skip
 
 
 def write_house(root: Path, *records: Record) -> Wheelhouse:
