@@ -170,7 +170,7 @@ def twine_warnings(output: str, wheels: Sequence[Path]) -> list[tuple[str, str]]
     flat = re.sub(r"\n(?!Checking |WARNING |ERROR )", "", output)
     for line in flat.splitlines():
         if line.startswith("Checking "):
-            current = next((w.name for w in wheels if line.find(w.name) >= 0), None)
+            current = next((w.name for w in wheels if w.name in line), None)
         elif line.startswith("WARNING") and current is not None:
             found.append((current, line.removeprefix("WARNING").strip()))
     return found
