@@ -12,6 +12,7 @@ import pytest
 from wheels import bench
 from wheels.bench import canary
 from wheels.bench.results import MARKDOWN_HEADER, Check, Context, Measurement, SuiteResult, append_run, new_run
+from wheels.bench.steps import Workspace
 from wheels.errors import BuildError, ConfigError
 from wheels.options import load_matrix, resolve
 
@@ -139,3 +140,17 @@ def test_measure_a_step(tmp_path: Path) -> None:
     assert not same.built and same.jobs is None and same.cache is None and same.sha256 == "ab" * 32
     with pytest.raises(BuildError, match="failed \\(exit 3\\) in step 'broken'"):
         canary._measure("broken", ["sh", "-c", "exit 3"], {"PATH": "/usr/bin:/bin"}, wheelhouse, logs)
+
+
+def test_a_workspace_links_the_shared_setup_and_says_what_was_missing(tmp_path: Path) -> None:
+    shared = tmp_path / "pipeline-cache"
+    (shared / "toolkits").mkdir(parents=True)
+    (shared / "toolkits" / "cuda").write_text("")
+    (shared / "envs").mkdir()  # present but empty: still to be set up
+    work = tmp_path / "work"
+    work.mkdir()
+    space = Workspace.make(work, shared, ("toolkits", "envs", "downloads"))
+    assert space.missing == ("envs", "downloads")
+    assert sorted(p.name for p in space.cache.iterdir()) == ["downloads", "envs", "toolkits"]
+    assert (space.cache / "toolkits" / "cuda").exists() and (shared / "downloads").is_dir()
+    assert space.logs.is_dir() and not space.wheelhouse.exists()  # the pipeline makes the wheelhouse

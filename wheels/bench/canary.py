@@ -22,9 +22,9 @@ from pathlib import Path
 
 from .. import log, sources, util
 from ..errors import BuildError
-from ..options import REPO_ROOT, Target, without_settings
+from ..options import REPO_ROOT, Target
 from .results import Check, Context, Measurement, SuiteResult
-from .steps import run_step
+from .steps import Workspace, run_step, step_env
 
 TARGET = "canary-cu124"
 NOOP_LIMIT_SECONDS = 10.0
@@ -80,20 +80,18 @@ def _measure(step: str, cmd: list[str], env: dict[str, str], wheelhouse: Path, l
 
 def run(ctx: Context) -> SuiteResult:
     target = ctx.options.targets[TARGET]
-    shared_root = ctx.options.cache_dir
     notes: list[str] = []
-    present = {sub: (shared_root / sub).is_dir() and any((shared_root / sub).iterdir()) for sub in SHARED}
-    notes.append(
-        "cold step "
-        + (
-            "reused the cached toolkit and build environment"
-            if all(present.values())
-            else f"also set up what the cache lacked: {', '.join(s for s, p in present.items() if not p)}"
-        )
-    )
-    shared_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wheels-bench-canary-") as tmp:
         work = Path(tmp)
+        space = Workspace.make(work, ctx.options.cache_dir, SHARED)
+        notes.append(
+            "cold step "
+            + (
+                f"also set up what the cache lacked: {', '.join(space.missing)}"
+                if space.missing
+                else "reused the cached toolkit and build environment"
+            )
+        )
         source = work / "canary"
         shutil.copytree(
             sources.source_dir(target),
@@ -102,17 +100,12 @@ def run(ctx: Context) -> SuiteResult:
         )
         matrix = work / "matrix.toml"
         matrix.write_text(_matrix_text(target, source))
-        cache, wheelhouse, logs = work / "cache", work / "wheelhouse", work / "logs"
-        cache.mkdir()
-        logs.mkdir()
-        for sub in SHARED:
-            (shared_root / sub).mkdir(exist_ok=True)
-            (cache / sub).symlink_to((shared_root / sub).resolve())
+        wheelhouse, logs = space.wheelhouse, space.logs
         env = {
-            **{k: v for k, v in without_settings(ctx.env).items() if k not in ("VIRTUAL_ENV", "NOX_CURRENT_SESSION")},
+            **step_env(ctx.env),
             "WHEELS_MATRIX": str(matrix),
             "WHEELHOUSE": str(wheelhouse),
-            "WHEELS_CACHE_DIR": str(cache),
+            "WHEELS_CACHE_DIR": str(space.cache),
         }
         cmd = [sys.executable, "-m", "nox", "-s", "wheels", "--", TARGET]
 

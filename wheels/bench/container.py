@@ -27,9 +27,9 @@ from .. import log, util
 from ..builder.image import docker_client, inspect_image
 from ..builder.standin import DEFAULT_TAG as STANDIN_TAG
 from ..errors import BuildError
-from ..options import REPO_ROOT, without_settings
+from ..options import REPO_ROOT
 from .results import Check, Context, Measurement, SuiteResult
-from .steps import run_step
+from .steps import Workspace, run_step, step_env
 
 NOOP_LIMIT_SECONDS = 10.0
 SHARED = ("toolkits", "downloads", "builder", "container")  # one-time setup, shared with the pipeline's own cache
@@ -83,21 +83,14 @@ def run_mmcv(ctx: Context) -> SuiteResult:
 
 
 def _run(ctx: Context, target: str) -> SuiteResult:
-    shared_root = ctx.options.cache_dir
     notes: list[str] = []
-    env_base = {k: v for k, v in without_settings(ctx.env).items() if k not in ("VIRTUAL_ENV", "NOX_CURRENT_SESSION")}
+    env_base = step_env(ctx.env)
     base = _builder_base(ctx, env_base, notes)
-    present = {sub: (shared_root / sub).is_dir() and any((shared_root / sub).iterdir()) for sub in SHARED}
-    shared_root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wheels-bench-container-") as tmp:
-        work = Path(tmp)
-        cache, wheelhouse, logs = work / "cache", work / "wheelhouse", work / "logs"
-        cache.mkdir()
-        logs.mkdir()
-        for sub in SHARED:
-            (shared_root / sub).mkdir(exist_ok=True)
-            (cache / sub).symlink_to((shared_root / sub).resolve())
-        env = {**env_base, "WHEELHOUSE": str(wheelhouse), "WHEELS_CACHE_DIR": str(cache), "WHEELS_BUILDER_BASE": base}
+        space = Workspace.make(Path(tmp), ctx.options.cache_dir, SHARED)
+        wheelhouse, logs = space.wheelhouse, space.logs
+        env = {**env_base, "WHEELHOUSE": str(wheelhouse), "WHEELS_CACHE_DIR": str(space.cache),
+               "WHEELS_BUILDER_BASE": base}
         cmd = [sys.executable, "-m", "nox", "-s", "wheels", "--", "--backend", "container", target]
 
         # Not measured: nox's session environment, and the one-time setup (stand-in base, builder image, the
@@ -108,11 +101,10 @@ def _run(ctx: Context, target: str) -> SuiteResult:
                 builder.append("--standin")
             util.run(builder, cwd=REPO_ROOT, env=env, error=BuildError, what="python -m wheels builder")
             util.run([*cmd, "--list"], cwd=REPO_ROOT, env=env, error=BuildError, what="nox -s wheels -- --list")
-        missing = [s for s, p in present.items() if not p]
         notes.append(
             "the toolkit, builder files and the container's wheel index and uv cache were reused"
-            if not missing
-            else f"cold also set up what the cache lacked: {', '.join(missing)}"
+            if not space.missing
+            else f"cold also set up what the cache lacked: {', '.join(space.missing)}"
         )
         cold, _ = _measure("cold: empty compiler cache", target, cmd, env, wheelhouse, logs)
         noop, output = _measure("no-op rerun", target, cmd, env, wheelhouse, logs)

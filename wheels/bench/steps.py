@@ -7,12 +7,13 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .. import log
 from ..errors import BuildError
-from ..options import REPO_ROOT
+from ..options import REPO_ROOT, without_settings
 from ..util import TreeMemorySampler
 
 
@@ -75,3 +76,31 @@ def run_step(
     assert record is not None
     built = before is None or record["created"] != before["created"] or record["cache_key"] != before["cache_key"]
     return StepRun(round(wall, 2), peak, output, record, built)
+
+
+def step_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The caller's environment without the pipeline's settings and without nox's own session markers: each step is
+    a fresh `nox -s wheels` command, configured only by what the suite sets."""
+    return {k: v for k, v in without_settings(env).items() if k not in ("VIRTUAL_ENV", "NOX_CURRENT_SESSION")}
+
+
+@dataclasses.dataclass(frozen=True)
+class Workspace:
+    """A suite's private cache, wheelhouse and logs under ``work``. The one-time setup named in ``shared`` (toolkit,
+    environments, ...) is linked from the pipeline's own cache; ``missing`` lists what that cache lacked before."""
+
+    cache: Path
+    wheelhouse: Path
+    logs: Path
+    missing: tuple[str, ...]
+
+    @classmethod
+    def make(cls, work: Path, shared_root: Path, shared: Sequence[str]) -> Workspace:
+        missing = tuple(s for s in shared if not ((shared_root / s).is_dir() and any((shared_root / s).iterdir())))
+        cache, wheelhouse, logs = work / "cache", work / "wheelhouse", work / "logs"
+        cache.mkdir()
+        logs.mkdir()
+        for sub in shared:
+            (shared_root / sub).mkdir(parents=True, exist_ok=True)
+            (cache / sub).symlink_to((shared_root / sub).resolve())
+        return cls(cache, wheelhouse, logs, missing)
